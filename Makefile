@@ -1,0 +1,39 @@
+# dpstack: `make demo` (set up + run the main job on a small default) and `make test`.
+# Everything installs into .venv/ at the repository root; nothing is installed system-wide.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup demo test lint bench bench-data clean
+
+# torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
+# itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "dpstack needs Python 3.11, got " + sys.version'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	bash scripts/demo.sh $(DEMO_DIR)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench-data: setup
+	$(PY) -m benchmarks.data_loader
+
+bench: bench-data
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

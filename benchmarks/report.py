@@ -1,0 +1,40 @@
+"""Write a benchmark's results as JSON plus a markdown table (the README quotes the table)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dpstack import __version__
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return str(value)
+
+
+def write_results(
+    out_dir: Path,
+    name: str,
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+    meta: dict[str, Any],
+) -> tuple[Path, Path]:
+    """Write `<out_dir>/<name>.json` (every row and `meta`) and `<out_dir>/<name>.md` (chosen columns)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "dpstack_version": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    json_path = out_dir / f"{name}.json"
+    json_path.write_text(json.dumps({"benchmark": name, "meta": meta, "rows": list(rows)}, indent=2) + "\n")
+    lines = [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "| " + " | ".join("---" for _ in columns) + " |",
+        *("| " + " | ".join(_cell(row[key]) for _, key in columns) + " |" for row in rows),
+    ]
+    md_path = out_dir / f"{name}.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {json_path} and {md_path}")
+    return json_path, md_path

@@ -1,0 +1,142 @@
+"""The `dpstack` command line: `dpstack <command> [positional ...] [key=value ...]`.
+
+Each command is one module in `dpstack/commands/` with a `Config` dataclass (the schema, one help
+string per field), a `run(cfg)` function and the name of its YAML file in `configs/`. Modules are
+imported only when their command runs, so `dpstack --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dpstack import __version__
+from dpstack.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    words: tuple[str, ...]
+    module: str
+    summary: str
+
+
+COMMANDS = [
+    Command(("dataset", "info"), "dpstack.commands.dataset_info", "print a JSON summary of an episode store"),
+    Command(
+        ("dataset", "import", "robomimic"),
+        "dpstack.commands.dataset_import_robomimic",
+        "import a robomimic HDF5 file into a new episode store",
+    ),
+]
+
+
+def _usage(prefix: tuple[str, ...] = ()) -> str:
+    matching = [c for c in COMMANDS if c.words[: len(prefix)] == prefix]
+    width = max(len(" ".join(c.words)) for c in matching)
+    lines = [
+        f"usage: dpstack {' '.join(prefix) + ' ' if prefix else ''}<command> [args] [key=value ...]",
+        "",
+        "commands:",
+        *(f"  {' '.join(c.words):<{width}}  {c.summary}" for c in matching),
+        "",
+        "Every command takes key=value overrides and --help (e.g. `dpstack dataset info --help`).",
+    ]
+    return "\n".join(lines)
+
+
+def _find(argv: Sequence[str]) -> tuple[Command | None, tuple[str, ...], list[str]]:
+    """Longest command whose words prefix argv; also the words matched so far and the rest of argv."""
+    best: Command | None = None
+    for command in COMMANDS:
+        n = len(command.words)
+        if tuple(argv[:n]) == command.words and (best is None or n > len(best.words)):
+            best = command
+    if best is not None:
+        return best, best.words, list(argv[len(best.words) :])
+    prefix: tuple[str, ...] = ()
+    for word in argv:
+        if any(c.words[: len(prefix) + 1] == (*prefix, word) for c in COMMANDS):
+            prefix = (*prefix, word)
+        else:
+            break
+    return None, prefix, list(argv[len(prefix) :])
+
+
+def _quote(value: str) -> str:
+    """Quote a positional argument as a hydra string literal (paths may hold '=', ',', spaces)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _help(command: Command, module) -> str:
+    from dpstack.config import CONFIG_DIR, describe
+
+    positional = getattr(module, "POSITIONAL", ())
+    rows = describe(module.CONFIG_NAME, module.Config)
+    width = max(len(key) for key, _, _ in rows)
+    lines = [
+        f"usage: dpstack {' '.join(command.words)} " + "".join(f"<{p}> " for p in positional) + "[key=value ...]",
+        "",
+        (module.__doc__ or command.summary).strip(),
+        "",
+        f"keys (defaults from {CONFIG_DIR / (module.CONFIG_NAME + '.yaml')}):",
+    ]
+    for key, default, text in rows:
+        lines.append(f"  {key:<{width}} = {default}")
+        if text:
+            lines.append(f"  {'':<{width}}   {text}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"dpstack {__version__}")
+        return 0
+    command, prefix, rest = _find(argv)
+    wants_help = any(a in ("-h", "--help") for a in rest) or not argv
+    if command is None:
+        print(_usage(prefix), file=sys.stdout if wants_help or not rest else sys.stderr)
+        if wants_help or not rest:
+            return 0
+        print(f"\nerror: unknown command 'dpstack {' '.join(argv[: len(prefix) + 1])}'", file=sys.stderr)
+        return 2
+    module = importlib.import_module(command.module)
+    if wants_help:
+        print(_help(command, module))
+        return 0
+    positional_names = list(getattr(module, "POSITIONAL", ()))
+    overrides: list[str] = []
+    for arg in rest:
+        if "=" in arg and not arg.startswith(("/", ".")):
+            overrides.append(arg)
+        elif positional_names:
+            overrides.append(f"{positional_names.pop(0)}={_quote(arg)}")
+        else:
+            print(
+                f"error: unexpected argument {arg!r} for 'dpstack {' '.join(command.words)}' "
+                "(expected key=value; see --help)",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        from dpstack.config import load_config
+
+        cfg = load_config(module.CONFIG_NAME, module.Config, overrides, command="dpstack " + " ".join(command.words))
+        result = module.run(cfg)
+    except UserError as exc:
+        if os.environ.get("DPSTACK_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Print a JSON summary of an episode store: episodes, steps, and each key's shape and dtype.
+
+Works on stores written by dpstack (zarr format 3) and on Diffusion Policy's published stores (zarr
+format 2, directory or .zip). With verify=true every chunk is decoded and floats are checked for NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+CONFIG_NAME = "dataset_info"
+POSITIONAL = ("store",)
+
+
+@dataclass
+class Config:
+    store: str = field(default="???", metadata={"help": "path of the episode store (directory or .zip)"})
+    verify: bool = field(default=False, metadata={"help": "decode every chunk and check for NaN/inf"})
+
+
+def run(cfg: Config) -> int:
+    from policy.data.store import EpisodeStore
+
+    store = EpisodeStore.open(cfg.store)
+    if cfg.verify:
+        store.verify()
+    summary = store.info()
+    summary["verified"] = cfg.verify
+    print(json.dumps(summary, indent=2))
+    return 0

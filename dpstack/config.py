@@ -1,0 +1,83 @@
+"""Compose a command's config with hydra and validate it against the command's dataclass schema.
+
+`configs/<name>.yaml` holds the defaults (and may pull config groups such as `task: pusht`); the
+command's dataclass is the schema: unknown keys, wrong types and missing values are errors that name
+the key. No config runs code (no eval resolvers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from dpstack.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+T = TypeVar("T")
+_UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'|Key '([^']+)' (?:is not in struct|not in )")
+
+
+def _valid_keys(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def compose_raw(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The hydra-composed YAML for `config_name` with `key=value` overrides applied (not validated)."""
+    if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        raise ConfigError(f"{CONFIG_DIR / (config_name + '.yaml')}: config file not found")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="dpstack"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = (), command: str = "") -> T:
+    """Compose `configs/<config_name>.yaml` + overrides and return a validated `schema` instance."""
+    where = f"'{command or config_name}'"
+    try:
+        raw = compose_raw(config_name, overrides)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as exc:
+        message = str(exc).strip()
+        unknown = _UNKNOWN_KEY.search(message)
+        if unknown:
+            raise ConfigError(
+                f"unknown key '{unknown.group(1) or unknown.group(2)}' for {where}; valid keys: "
+                f"{', '.join(_valid_keys(schema))} (see --help)"
+            ) from None
+        if isinstance(exc, MissingMandatoryValue):
+            key = exc.full_key
+            raise ConfigError(f"missing value for key '{key}' of {where} (give {key}=...)") from None
+        first_line = message.splitlines()[0] if message else type(exc).__name__
+        key = getattr(exc, "full_key", None)
+        detail = f" (key '{key}')" if key and f"'{key}'" not in first_line else ""
+        raise ConfigError(f"bad config for {where}{detail}: {first_line}") from None
+    except ValueError as exc:  # raised by a schema's __post_init__ checks
+        raise ConfigError(f"bad config for {where}: {exc}") from None
+
+
+def describe(config_name: str, schema: type) -> list[tuple[str, str, str]]:
+    """(key, default as shown in YAML, help) for every top-level key, for `--help`."""
+    raw = compose_raw(config_name)
+    rows = []
+    for field in dataclasses.fields(schema):
+        value: Any = OmegaConf.select(raw, field.name, default="???") if field.name in raw else "???"
+        if isinstance(value, DictConfig):
+            value = "{" + ", ".join(f"{k}: {v}" for k, v in OmegaConf.to_container(value).items()) + "}"
+        elif OmegaConf.is_list(value):
+            value = OmegaConf.to_container(value)
+        rows.append(
+            (
+                field.name,
+                "(required)" if value == "???" else repr(value) if value is None else str(value),
+                field.metadata.get("help", ""),
+            )
+        )
+    return rows

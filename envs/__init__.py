@@ -1,0 +1,1 @@
+"""Benchmark tasks (gymnasium API) and their expert demonstrators."""

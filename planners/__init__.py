@@ -1,0 +1,1 @@
+"""Diffuser-style trajectory planners (inpainting, value guidance)."""

@@ -1,0 +1,1 @@
+"""Diffusion Policy: episode data, normalization, denoisers, noise schedules, samplers and training."""

@@ -1,0 +1,1 @@
+"""Demonstration data: the zarr episode store, training windows, and importers."""

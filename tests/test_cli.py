@@ -1,0 +1,75 @@
+"""Subprocess smoke tests of the `dpstack` command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from policy.data.store import EpisodeStore
+from tests.test_robomimic_import import _write_robomimic
+
+DPSTACK = str(Path(sys.executable).with_name("dpstack"))
+
+
+def dpstack(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DPSTACK, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_top_level_help_lists_commands() -> None:
+    result = dpstack("--help")
+    assert result.returncode == 0
+    assert "dataset info" in result.stdout and "dataset import robomimic" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["dataset", "info"], ["dataset", "import", "robomimic"]])
+def test_every_command_has_help_with_its_keys(command: list[str]) -> None:
+    result = dpstack(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: dpstack " + " ".join(command) in result.stdout
+    assert "keys (defaults from" in result.stdout
+
+
+def test_dataset_info_prints_json(small_store: EpisodeStore) -> None:
+    result = dpstack("dataset", "info", str(small_store.path), "verify=true")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["episodes"] == 3 and summary["steps"] == 15 and summary["verified"] is True
+    assert summary["keys"]["state"] == {"shape": [15, 3], "dtype": "float32", "chunk_steps": 21}
+
+
+def test_unknown_key_is_rejected_with_the_valid_keys(small_store: EpisodeStore) -> None:
+    result = dpstack("dataset", "info", str(small_store.path), "verbose=true")
+    assert result.returncode == 2
+    assert "unknown key 'verbose'" in result.stderr and "valid keys: store, verify" in result.stderr
+
+
+def test_bad_value_type_and_missing_value_are_rejected() -> None:
+    result = dpstack("dataset", "info", "/tmp/x", "verify=maybe")
+    assert result.returncode == 2 and "verify" in result.stderr
+    result = dpstack("dataset", "info")
+    assert result.returncode == 2 and "missing value for key 'store'" in result.stderr
+
+
+def test_unknown_command() -> None:
+    result = dpstack("datset", "info")
+    assert result.returncode == 2 and "unknown command 'dpstack datset'" in result.stderr
+
+
+def test_missing_store_is_one_clear_line(tmp_path: Path) -> None:
+    result = dpstack("dataset", "info", str(tmp_path / "missing.zarr"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing.zarr'}: episode store not found"
+
+
+def test_import_robomimic_then_info(tmp_path: Path) -> None:
+    _write_robomimic(tmp_path / "can.hdf5", [3, 4, 5])
+    out = tmp_path / "can store=1.zarr"  # a path with a space and '=' still works as a positional
+    result = dpstack("dataset", "import", "robomimic", str(tmp_path / "can.hdf5"), f"out='{out}'", "progress=false")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["episodes"] == 3
+    info = json.loads(dpstack("dataset", "info", str(out)).stdout)
+    assert info["keys"]["robot0_eef_pos"]["shape"] == [12, 3]

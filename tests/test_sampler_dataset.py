@@ -1,0 +1,102 @@
+"""Windows with edge padding, the episode split, and the torch Dataset (RAM and lazy reads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dpstack.errors import StoreError
+from policy.data.dataset import SequenceDataset
+from policy.data.sampler import SequenceSampler, split_episodes
+from policy.data.store import EpisodeStore
+
+
+def test_windows_cover_every_step_with_edge_padding() -> None:
+    # one episode of 5 steps, horizon 4, pad_before 1, pad_after 2
+    sampler = SequenceSampler(np.array([5]), horizon=4, pad_before=1, pad_after=2)
+    windows = [sampler[i].rows().tolist() for i in range(len(sampler))]
+    assert windows == [
+        [0, 0, 1, 2],  # starts one step before the episode: first frame repeated
+        [0, 1, 2, 3],
+        [1, 2, 3, 4],
+        [2, 3, 4, 4],
+        [3, 4, 4, 4],  # ends two steps after the episode: last frame repeated
+    ]
+
+
+def test_windows_never_cross_episode_boundaries() -> None:
+    ends = np.array([5, 8, 15])
+    sampler = SequenceSampler(ends, horizon=6, pad_before=1, pad_after=5)
+    starts = np.array([0, 5, 8])
+    for i in range(len(sampler)):
+        rows = sampler[i].rows()
+        episode = np.searchsorted(ends, rows[0], side="right")
+        assert starts[episode] <= rows.min() and rows.max() < ends[episode]
+
+
+def test_episode_shorter_than_window_gets_one_padded_window() -> None:
+    sampler = SequenceSampler(np.array([2]), horizon=8)
+    assert len(sampler) == 1
+    assert sampler[0].rows().tolist() == [0, 1, 1, 1, 1, 1, 1, 1]
+
+
+def test_sampler_restricted_to_episodes() -> None:
+    sampler = SequenceSampler(np.array([5, 8, 15]), horizon=2, episodes=np.array([1]))
+    assert len(sampler) == 2
+    assert {tuple(sampler[i].rows()) for i in range(2)} == {(5, 6), (6, 7)}
+    with pytest.raises(StoreError, match="out of range"):
+        SequenceSampler(np.array([5]), horizon=2, episodes=np.array([3]))
+
+
+def test_split_by_episode_is_disjoint_and_seeded() -> None:
+    train, val = split_episodes(10, 0.2, seed=1)
+    assert len(val) == 2 and len(train) == 8
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(range(10))
+    assert np.array_equal(split_episodes(10, 0.2, seed=1)[1], val)
+    assert len(split_episodes(3, 0.01)[1]) == 1  # a requested validation split is never empty
+    assert len(split_episodes(1, 0.5)[0]) == 1  # ... nor is the training split
+
+
+@pytest.mark.parametrize("ram_budget", [1 << 30, 0])
+def test_dataset_windows_match_store(small_store: EpisodeStore, ram_budget: int) -> None:
+    dataset = SequenceDataset(
+        small_store.path,
+        obs_keys=["state", "image"],
+        horizon=4,
+        n_obs_steps=2,
+        n_action_steps=3,
+        ram_budget_bytes=ram_budget,
+        cache_chunks=2,
+    )
+    assert dataset.lazy_keys == ([] if ram_budget else ["action", "state", "image"])
+    action = small_store.read("action")
+    state = small_store.read("state")
+    image = small_store.read("image")
+    for i in range(len(dataset)):
+        item = dataset[i]
+        rows = dataset.sampler[i].rows()
+        assert item["action"].shape == (4, 2)
+        assert item["obs"]["state"].shape == (2, 3)
+        assert item["obs"]["image"].shape == (2, 8, 8, 3) and item["obs"]["image"].dtype == torch.uint8
+        np.testing.assert_array_equal(item["action"].numpy(), action[rows])
+        np.testing.assert_array_equal(item["obs"]["state"].numpy(), state[rows[:2]])
+        np.testing.assert_array_equal(item["obs"]["image"].numpy(), image[rows[:2]])
+
+
+def test_dataset_in_worker_processes(small_store: EpisodeStore) -> None:
+    dataset = SequenceDataset(
+        small_store.path, obs_keys=["state", "image"], horizon=4, n_action_steps=2, ram_budget_bytes=0
+    )
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    assert sum(b["action"].shape[0] for b in batches) == len(dataset)
+    np.testing.assert_array_equal(batches[0]["obs"]["image"][1].numpy(), dataset[1]["obs"]["image"].numpy())
+
+
+def test_dataset_rejects_missing_keys_and_bad_timing(small_store: EpisodeStore) -> None:
+    with pytest.raises(StoreError, match=r"missing key\(s\) \['velocity'\]"):
+        SequenceDataset(small_store.path, obs_keys=["velocity"])
+    with pytest.raises(ValueError, match="n_obs_steps"):
+        SequenceDataset(small_store.path, obs_keys=["state"], horizon=4, n_obs_steps=5)
