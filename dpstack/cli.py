@@ -25,6 +25,7 @@ class Command:
 
 
 COMMANDS = [
+    Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
     Command(("dataset", "info"), "dpstack.commands.dataset_info", "print a JSON summary of an episode store"),
     Command(
         ("dataset", "import", "robomimic"),

@@ -1,0 +1,106 @@
+"""PointMaze (gymnasium-robotics v3): drive a force-actuated point mass to a goal through a maze.
+
+Mazes ``umaze`` / ``medium`` / ``large`` with D4RL Maze2D episode lengths (300 / 600 / 800 steps).
+Each seed draws a goal cell and a different start cell (the env's own sampler, with its position
+noise). The task continues after the goal is reached (sparse reward 1 per step within 0.45 of the
+goal), as in D4RL, so the return R counts the steps spent at the goal.
+
+Observations: ``state`` (4: x, y, vx, vy) and ``goal`` (2). Action: 2-d force in [-1, 1].
+Score: D4RL-style normalized return 100 * (R - R_random) / (R_expert - R_random), with references
+measured in this env (``benchmarks/experts.py``) and stored in ``configs/task/pointmaze-*.yaml``.
+Success: the goal was reached during the episode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.base import Feature, TaskEnv
+
+with contextlib.redirect_stderr(io.StringIO()):  # silence an import-time notice about Adroit envs
+    import gymnasium_robotics
+
+gym.register_envs(gymnasium_robotics)
+
+MAZES = {
+    "umaze": ("PointMaze_UMaze-v3", 300),
+    "medium": ("PointMaze_Medium-v3", 600),
+    "large": ("PointMaze_Large-v3", 800),
+}
+
+
+def normalized_score(episode_return: float, r_random: float, r_expert: float) -> float:
+    """D4RL's normalized score: 0 = uniform random actions, 100 = the expert controller."""
+    return 100.0 * (episode_return - r_random) / (r_expert - r_random)
+
+
+class PointMazeEnv(TaskEnv):
+    action_feature = Feature((2,))
+    action_low = np.full(2, -1.0, np.float32)
+    action_high = np.full(2, 1.0, np.float32)
+
+    def __init__(
+        self,
+        maze: str = "umaze",
+        image: bool = False,
+        max_steps: int | None = None,
+        r_random: float | None = None,
+        r_expert: float | None = None,
+    ) -> None:
+        if maze not in MAZES:
+            raise ValueError(f"unknown maze {maze!r}; choose one of {sorted(MAZES)}")
+        if image:
+            raise ValueError("pointmaze has no image observation variant (image=false)")
+        env_id, default_steps = MAZES[maze]
+        self.features = {"state": Feature((4,)), "goal": Feature((2,))}
+        self.maze_name = maze
+        self.max_steps = max_steps or default_steps
+        self.references = (r_random, r_expert) if r_random is not None and r_expert is not None else None
+        self._env = gym.make(env_id, continuing_task=True, reset_target=False, max_episode_steps=10**9).unwrapped
+        self.control_hz = 1.0 / self._env.point_env.dt
+        self._init_spaces()
+
+    @property
+    def sim(self) -> Any:
+        return self._env
+
+    @staticmethod
+    def _convert(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"state": raw["observation"], "goal": raw["desired_goal"]}
+
+    def _score(self) -> float:
+        if self.references is None:
+            return self._return
+        return normalized_score(self._return, *self.references)
+
+    def _reset(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        raw, _ = self._env.reset(seed=seed)
+        self._return = 0.0
+        return self._convert(raw), {"score": self._score(), "return": 0.0}
+
+    def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, dict[str, Any]]:
+        raw, reward, _, _, info = self._env.step(action)
+        self._return += float(reward)
+        return (
+            self._convert(raw),
+            float(reward),
+            {
+                "is_success": bool(info.get("success", reward > 0)),
+                "return": self._return,
+                "score": self._score(),
+            },
+        )
+
+    def render(self) -> np.ndarray:
+        """Top-down picture of the maze, the goal and the point (no OpenGL needed)."""
+        from envs.pointmaze_render import draw_maze
+
+        return draw_maze(self._env, self._env.point_env.data.qpos[:2].copy())
+
+    def close(self) -> None:
+        self._env.close()

@@ -1,0 +1,28 @@
+"""Top-down raster of a PointMaze (walls, goal, point) with numpy only, for rollout videos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+PIXELS_PER_CELL = 32
+
+
+def xy_to_pixel(maze: Any, xy: np.ndarray) -> np.ndarray:
+    """Maze (x, y) coordinates -> (column, row) pixel coordinates of the raster."""
+    scale = PIXELS_PER_CELL / maze.maze_size_scaling
+    return np.stack([(xy[..., 0] + maze.x_map_center) * scale, (maze.y_map_center - xy[..., 1]) * scale], -1)
+
+
+def draw_maze(sim: Any, position: np.ndarray) -> np.ndarray:
+    maze = sim.maze
+    grid = np.asarray(maze.maze_map) == 1
+    image = np.where(np.kron(grid, np.ones((PIXELS_PER_CELL, PIXELS_PER_CELL), bool))[..., None], 60, 235)
+    image = np.repeat(image, 3, axis=2).astype(np.uint8)
+    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]]
+    for xy, radius, colour in ((sim.goal, 0.45, (120, 200, 120)), (position, 0.12, (40, 80, 200))):
+        col, row = xy_to_pixel(maze, np.asarray(xy, dtype=float))
+        r = radius * PIXELS_PER_CELL / maze.maze_size_scaling
+        image[(cols - col) ** 2 + (rows - row) ** 2 <= r * r] = colour
+    return image
