@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench bench-data clean
+.PHONY: setup demo test lint bench bench-data bench-experts clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -33,7 +33,10 @@ lint: setup
 bench-data: setup
 	$(PY) -m benchmarks.data_loader
 
-bench: bench-data
+bench-experts: setup
+	$(PY) -m benchmarks.experts
+
+bench: bench-data bench-experts
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

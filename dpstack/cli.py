@@ -26,6 +26,8 @@ class Command:
 
 COMMANDS = [
     Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
+    Command(("train",), "dpstack.commands.train", "train a Diffusion Policy on an episode store"),
+    Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
     Command(("dataset", "info"), "dpstack.commands.dataset_info", "print a JSON summary of an episode store"),
     Command(
         ("dataset", "import", "robomimic"),
@@ -136,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(result or 0)
 
 

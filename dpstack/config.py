@@ -38,10 +38,17 @@ def compose_raw(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = (), command: str = "") -> T:
-    """Compose `configs/<config_name>.yaml` + overrides and return a validated `schema` instance."""
+    """Compose `configs/<config_name>.yaml` + overrides and return a validated `schema` instance.
+
+    A config inside a group (``task/pusht``) is returned without its group prefix, and its overrides
+    are given without it too (``image=true``, not ``task.image=true``).
+    """
     where = f"'{command or config_name}'"
+    group = config_name.rpartition("/")[0].replace("/", ".")
     try:
-        raw = compose_raw(config_name, overrides)
+        raw = compose_raw(config_name, [f"{group}.{o}" if group else o for o in overrides])
+        if group:
+            raw = OmegaConf.select(raw, group)
         merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as exc:

@@ -37,6 +37,7 @@ class EpisodeResult:
     steps: int
     cpu_s: float
     data: dict[str, np.ndarray]
+    final_info: dict[str, float]  # the scalar entries of the last step's info
 
 
 def run_expert_episode(env: Any, task: TaskConfig, seed: int, noise: float) -> EpisodeResult:
@@ -58,8 +59,15 @@ def run_expert_episode(env: Any, task: TaskConfig, seed: int, noise: float) -> E
         done = terminated or truncated
     data = {key: np.asarray(values) for key, values in steps.items()}
     data["seed"] = np.full(len(data["action"]), seed, dtype=np.int64)
+    scalars = {k: float(v) for k, v in info.items() if isinstance(v, int | float | bool | np.number)}
     return EpisodeResult(
-        seed, bool(info["is_success"]), float(info["score"]), len(data["action"]), time.process_time() - start, data
+        seed,
+        bool(info["is_success"]),
+        float(info["score"]),
+        len(data["action"]),
+        time.process_time() - start,
+        data,
+        scalars,
     )
 
 

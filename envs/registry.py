@@ -87,3 +87,11 @@ class TaskConfig:
         if self.max_steps is not None:
             kwargs.setdefault("max_steps", self.max_steps)
         return make_env(self.name, **kwargs)
+
+
+def load_task_config(name: str, overrides: list[str] | None = None) -> TaskConfig:
+    """`configs/task/<name>.yaml` (with optional key=value overrides) as a validated TaskConfig."""
+    from dpstack.config import load_config
+
+    task_entry(name)
+    return load_config(f"task/{name}", TaskConfig, overrides or [], command=f"task {name}")

@@ -49,7 +49,7 @@ def test_resume_adds_missing_episodes_without_duplicates(tmp_path: Path) -> None
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "m.zarr"
     collect(MAZE, episodes=1, out=out, keep_failed=True, progress=False)
-    with pytest.raises(StoreError, match="was collected with noise=0.0, not 0.5"):
+    with pytest.raises(StoreError, match=r"was collected with noise=0\.0, not 0\.5"):
         collect(MAZE, episodes=2, out=out, noise=0.5, keep_failed=True, progress=False)
     assert EpisodeStore.open(out).n_episodes == 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs.registry import TASKS, TaskConfig, make_env, make_expert
 from dpstack.errors import ConfigError
+from envs.registry import TASKS, TaskConfig, make_env, make_expert
 
 FAST_TASKS = ["pusht", "pointmaze-umaze", "pointmaze-medium", "pointmaze-large"]
 
@@ -43,7 +43,7 @@ def test_pusht_image_variant_and_info() -> None:
     obs, info = env.reset(seed=100000)
     assert obs["image"].shape == (96, 96, 3) and obs["image"].dtype == np.uint8
     assert obs["image"].std() > 5  # a real render, not a blank frame
-    obs, reward, terminated, truncated, info = env.step(np.array([256.0, 256.0]))
+    obs, _reward, _terminated, truncated, info = env.step(np.array([256.0, 256.0]))
     assert {"is_success", "score", "coverage", "max_coverage"} <= set(info)
     assert 0.0 <= info["score"] <= 1.0 and not truncated
 
@@ -56,7 +56,7 @@ def test_step_rejects_nan_actions() -> None:
 
 
 def test_unknown_task_is_a_clear_error() -> None:
-    with pytest.raises(ConfigError, match="unknown task 'pushy'; choose one of .*pusht"):
+    with pytest.raises(ConfigError, match=r"unknown task 'pushy'; choose one of .*pusht"):
         make_env("pushy")
     assert {"pusht", "pointmaze-umaze", "lift", "can"} <= set(TASKS)
 
@@ -64,11 +64,11 @@ def test_unknown_task_is_a_clear_error() -> None:
 def _expert_episode(task: TaskConfig, seed: int) -> dict:
     env = task.make_env()
     expert = make_expert(task.name, np.random.default_rng(seed))
-    obs, info = env.reset(seed=seed)
+    _, info = env.reset(seed=seed)
     expert.reset(env)
     done, steps = False, 0
     while not done:
-        obs, _, terminated, truncated, info = env.step(expert.act(env))
+        _obs, _, terminated, truncated, info = env.step(expert.act(env))
         done, steps = terminated or truncated, steps + 1
     return {"success": info["is_success"], "score": info["score"], "steps": steps}
 

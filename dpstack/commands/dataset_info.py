@@ -7,6 +7,7 @@ format 2, directory or .zip). With verify=true every chunk is decoded and floats
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 CONFIG_NAME = "dataset_info"
@@ -27,5 +28,11 @@ def run(cfg: Config) -> int:
         store.verify()
     summary = store.info()
     summary["verified"] = cfg.verify
-    print(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    # keep shapes on one line: [\n 25650,\n 96\n] -> [25650, 96]
+    print(
+        re.sub(
+            r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text
+        )
+    )
     return 0
