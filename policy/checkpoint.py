@@ -1,0 +1,120 @@
+"""Checkpoints: safetensors weights + JSON metadata, written atomically, loaded without running code.
+
+A checkpoint directory holds
+    model.safetensors   the policy's weights (EMA weights when training used EMA), normalizer included
+    config.json         format version, dpstack version, policy config, task features, training step
+and, for resuming training, ``train_state.safetensors`` (raw weights, optimizer tensors, RNG state)
+plus ``train_state.json`` (optimizer hyper-parameters, step, epoch). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dpstack import __version__
+from dpstack.errors import UserError
+from envs.base import Feature
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, truncated, or does not match the code loading it."""
+
+
+def write_atomic(directory: Path, files: dict[str, Any]) -> None:
+    """Write {name: dict of tensors (safetensors) | JSON-able} into `directory`, replacing it atomically."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, content in files.items():
+        if name.endswith(".safetensors"):
+            save_file({k: v.detach().contiguous().cpu() for k, v in content.items()}, str(staging / name))
+        else:
+            (staging / name).write_text(json.dumps(content, indent=2) + "\n")
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_policy(
+    directory: Path,
+    policy: torch.nn.Module,
+    extra: dict[str, Any] | None = None,
+    train_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+) -> None:
+    config = {"format_version": FORMAT_VERSION, "dpstack_version": __version__, **policy.config_dict(), **(extra or {})}
+    files: dict[str, Any] = {"model.safetensors": policy.state_dict(), "config.json": config}
+    if train_state is not None:
+        files["train_state.safetensors"], files["train_state.json"] = train_state
+    write_atomic(directory, files)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (expected a dpstack checkpoint file)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from exc
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (expected a safetensors file)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a training run directory (its ``checkpoints/latest``)."""
+    path = Path(path)
+    for candidate in (path / "checkpoints" / "latest", path):
+        if (candidate / "config.json").exists():
+            return candidate
+    raise CheckpointError(f"{path}: not a checkpoint (no config.json here or in checkpoints/latest)")
+
+
+def load_policy(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the policy from config.json and load model.safetensors (strict: every tensor must match)."""
+    from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+
+    directory = resolve_checkpoint(path)
+    config = read_json(directory / "config.json")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory / 'config.json'}: format_version {config.get('format_version')!r}, "
+            f"this dpstack reads {FORMAT_VERSION}"
+        )
+    try:
+        policy_cfg = PolicyConfig(**config["policy"])
+        obs_features = {
+            k: Feature(tuple(v["shape"]), v["dtype"], v["normalize"]) for k, v in config["obs_features"].items()
+        }
+        action = config["action_feature"]
+        policy = DiffusionPolicy(
+            policy_cfg, obs_features, Feature(tuple(action["shape"]), action["dtype"], action["normalize"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{directory / 'config.json'}: invalid policy config ({exc})") from exc
+    state = read_tensors(directory / "model.safetensors")
+    try:
+        policy.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{directory / 'model.safetensors'}: does not match config.json ({exc})") from exc
+    policy.checkpoint_config = config
+    return policy.to(device).eval()

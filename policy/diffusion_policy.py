@@ -1,0 +1,187 @@
+"""Diffusion Policy (Chi et al. 2023): a denoiser over action chunks conditioned on observation history.
+
+Timing (per window of `horizon` steps): the policy observes steps [0, n_obs_steps) and predicts all
+`horizon` actions; the executable actions are the `n_action_steps` starting at the last observed step
+(index n_obs_steps - 1). Observations and actions are normalized inside the policy with statistics
+fitted on the training store, so raw environment values go in and raw actions come out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.base import Feature
+from policy.denoisers import DENOISERS
+from policy.denoisers import mlp as mlp_presets
+from policy.denoisers import transformer as transformer_presets
+from policy.denoisers import unet1d as unet_presets
+from policy.encoders import ObservationEncoder
+from policy.normalizer import Normalizer
+from policy.samplers import ChunkSampler, make_sampler
+from policy.schedulers import NoiseSchedule
+
+_PRESETS = {"unet": unet_presets.PRESETS, "transformer": transformer_presets.PRESETS, "mlp": mlp_presets.PRESETS}
+
+
+@dataclass
+class PolicyConfig:
+    """`configs/policy/<name>.yaml`: the network, the noise schedule and the action timing."""
+
+    denoiser: str = "unet"  # unet | transformer | mlp
+    preset: str = "small"  # a size preset of that denoiser (e.g. unet: lowdim, image, small, tiny)
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    sampler: str = "ddpm"  # default sampler at inference: ddpm | ddim
+    num_inference_steps: int | None = None  # None: all training levels for ddpm, 10 for ddim
+    crop_fraction: float = 0.9  # image random-crop size (training) / centre crop (inference)
+    denoiser_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+
+    def __post_init__(self) -> None:
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {sorted(DENOISERS)}, got {self.denoiser!r}")
+        if self.preset not in _PRESETS[self.denoiser]:
+            raise ValueError(
+                f"preset for {self.denoiser} must be one of {sorted(_PRESETS[self.denoiser])}, got {self.preset!r}"
+            )
+        if (
+            not 1 <= self.n_obs_steps <= self.horizon
+            or not 1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1
+        ):
+            raise ValueError(
+                f"need 1 <= n_obs_steps <= horizon and 1 <= n_action_steps <= horizon - n_obs_steps + 1, got "
+                f"horizon={self.horizon}, n_obs_steps={self.n_obs_steps}, n_action_steps={self.n_action_steps}"
+            )
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule(
+            self.num_train_timesteps,
+            self.beta_schedule,
+            prediction_type=self.prediction_type,
+            clip_sample=self.clip_sample,
+        )
+
+
+class DiffusionPolicy(nn.Module):
+    """compute_loss(batch) for training; predict_action_chunk(obs) for acting.
+
+    Args:
+        cfg: network, schedule and timing.
+        obs_features / action_feature: the task's declared features (shapes, normalizer modes).
+        normalizer: fitted statistics; when None an empty one is made, filled by `load_state_dict`.
+    """
+
+    def __init__(
+        self,
+        cfg: PolicyConfig,
+        obs_features: Mapping[str, Feature],
+        action_feature: Feature,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.obs_features = dict(obs_features)
+        self.action_feature = action_feature
+        self.action_dim = int(action_feature.shape[0])
+        self.normalizer = normalizer if normalizer is not None else Normalizer()
+        self.obs_encoder = ObservationEncoder(obs_features, cfg.n_obs_steps, cfg.crop_fraction)
+        kwargs = {**_PRESETS[cfg.denoiser][cfg.preset], **cfg.denoiser_kwargs}
+        if cfg.denoiser in ("transformer", "mlp"):
+            kwargs["horizon"] = cfg.horizon
+        if cfg.denoiser == "transformer":
+            kwargs["n_cond_tokens"] = cfg.n_obs_steps
+        self.denoiser = DENOISERS[cfg.denoiser](self.action_dim, self.obs_encoder.output_dim, **kwargs)
+        self.schedule = cfg.schedule()
+
+    # ------------------------------------------------------------------ shared pieces
+    def normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = sorted(set(self.obs_features) - set(obs))
+        if missing:
+            raise KeyError(f"observation is missing key(s) {missing}; the policy needs {sorted(self.obs_features)}")
+        out = {}
+        for key, feature in self.obs_features.items():
+            value = obs[key]
+            if tuple(value.shape[2:]) != feature.shape:
+                raise ValueError(
+                    f"observation '{key}' has per-step shape {tuple(value.shape[2:])}, expected {feature.shape} "
+                    f"(input shape (B, n_obs_steps, *{feature.shape}))"
+                )
+            out[key] = self.normalizer.normalize(key, value)
+        return out
+
+    def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Raw obs {key: (B, To, ...)} -> conditioning (B, C)."""
+        return self.obs_encoder(self.normalize_obs(obs))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(
+        self, batch: Mapping[str, Any], noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Denoising loss on a batch {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} of raw values."""
+        action = self.normalizer.normalize("action", batch["action"])
+        cond = self.condition(batch["obs"])
+        batch_size = action.shape[0]
+        if noise is None:
+            noise = torch.randn_like(action)
+        if timesteps is None:
+            timesteps = torch.randint(0, self.schedule.num_train_timesteps, (batch_size,), device=action.device)
+        noisy = self.schedule.add_noise(action, noise, timesteps)
+        prediction = self.denoiser(noisy, timesteps, cond)
+        loss = F.mse_loss(prediction, self.schedule.training_target(action, noise))
+        return loss, {"loss": float(loss.detach())}
+
+    # ------------------------------------------------------------------ acting
+    def default_sampler(self) -> ChunkSampler:
+        return make_sampler(self.cfg.sampler, self.schedule, self.cfg.num_inference_steps)
+
+    @torch.no_grad()
+    def predict_full_chunk(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        noise: torch.Tensor | None = None,
+        sampler: ChunkSampler | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """All `horizon` predicted actions, raw units: (B, horizon, Da)."""
+        sampler = sampler or self.default_sampler()
+        cond = self.condition(obs)
+        shape = sampler.noise_shape(cond.shape[0], self.cfg.horizon, self.action_dim)
+        if noise is None:
+            noise = torch.randn(shape, generator=generator, device=cond.device if generator is None else "cpu").to(
+                cond.device
+            )
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape} for sampler {sampler.name}, got {tuple(noise.shape)}")
+        return self.normalizer.unnormalize("action", sampler.sample(self.denoiser, cond, noise))
+
+    def predict_action_chunk(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        noise: torch.Tensor | None = None,
+        sampler: ChunkSampler | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The executable actions: (B, n_action_steps, Da) raw, starting at the last observed step."""
+        start = self.cfg.n_obs_steps - 1
+        return self.predict_full_chunk(obs, noise, sampler, generator)[:, start : start + self.cfg.n_action_steps]
+
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "policy": asdict(self.cfg),
+            "obs_features": {k: asdict(f) for k, f in self.obs_features.items()},
+            "action_feature": asdict(self.action_feature),
+        }

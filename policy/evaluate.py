@@ -1,0 +1,187 @@
+"""Closed-loop evaluation of a policy on a task: vectorized envs, fixed seeds, eval.json, videos.
+
+Episode i runs on seed ``seed + i``. Environments step in lockstep waves of `num_envs`; the policy acts
+through `RecedingHorizon` (the same execution the ROS node uses). The score of an episode is the task
+env's ``info["score"]`` at its end (Push-T: max coverage score; mazes: normalized return; robosuite:
+success) and success is its latched ``info["is_success"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.registry import TaskConfig
+from policy.execution import ChunkFn, RecedingHorizon
+
+
+def _make(task: TaskConfig) -> Callable[[], gym.Env]:
+    return lambda: task.make_env()
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    """mp4 through imageio-ffmpeg; falls back to gif if no encoder is available."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        imageio.mimwrite(path.with_suffix(".mp4"), frames, fps=fps, macro_block_size=1)
+        return path.with_suffix(".mp4")
+    except (ImportError, RuntimeError, OSError, ValueError):
+        imageio.mimwrite(path.with_suffix(".gif"), frames, duration=1000 / fps)
+        return path.with_suffix(".gif")
+
+
+def run_episodes(
+    task: TaskConfig,
+    predict_chunk: ChunkFn,
+    n_obs_steps: int,
+    n_action_steps: int,
+    episodes: int,
+    seed: int,
+    num_envs: int = 1,
+    video_dir: Path | None = None,
+    videos: int = 2,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run `episodes` episodes; returns per-episode results and per-tick latencies (ms)."""
+    num_envs = max(1, min(num_envs, episodes))
+    if num_envs == 1:
+        envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([_make(task)])
+    else:
+        envs = gym.vector.AsyncVectorEnv([_make(task)] * num_envs, context="spawn")
+    controller = RecedingHorizon(predict_chunk, n_obs_steps, n_action_steps)
+    results: list[dict[str, Any]] = []
+    ticks_ms: list[float] = []
+    inference_ms: list[float] = []
+    frames: dict[int, list[np.ndarray]] = {}
+    fps = envs.call("control_hz")[0] if video_dir else 10.0
+    try:
+        for wave_start in range(0, episodes, num_envs):
+            seeds = [seed + wave_start + i for i in range(num_envs)]
+            obs, _ = envs.reset(seed=seeds)
+            controller.reset()
+            done = np.zeros(num_envs, bool)
+            final: list[dict[str, Any] | None] = [None] * num_envs
+            steps = np.zeros(num_envs, int)
+            while not done.all():
+                if video_dir is not None:
+                    for i, frame in enumerate(envs.call("render")):
+                        if wave_start + i < videos and not done[i]:
+                            frames.setdefault(wave_start + i, []).append(np.asarray(frame))
+                start = time.perf_counter()
+                action = controller.select_action(obs)
+                elapsed = (time.perf_counter() - start) * 1000
+                ticks_ms.append(elapsed)
+                if controller.last_tick_inferred:
+                    inference_ms.append(elapsed)
+                obs, _, terminated, truncated, infos = envs.step(action)
+                for i in np.flatnonzero(~done & (terminated | truncated)):
+                    final[i] = {
+                        "seed": seeds[i],
+                        "success": bool(infos["is_success"][i]),
+                        "score": float(infos["score"][i]),
+                        "steps": int(steps[i] + 1),
+                    }
+                steps += ~done
+                done |= terminated | truncated
+            results.extend(r for r in final[: min(num_envs, episodes - wave_start)] if r is not None)
+            if progress:
+                print(
+                    f"  {len(results)}/{episodes} episodes, success so far {np.mean([r['success'] for r in results]):.2f}",
+                    flush=True,
+                )
+    finally:
+        envs.close()
+    video_paths = (
+        [str(write_video(video_dir / f"episode_{i:03d}", f, fps)) for i, f in sorted(frames.items())]
+        if video_dir
+        else []
+    )
+    return {"episodes": results, "ticks_ms": ticks_ms, "inference_ms": inference_ms, "videos": video_paths}
+
+
+def summarize(
+    task: TaskConfig, sampler: str, nfe_per_action: float, run: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The eval.json record."""
+    episodes = run["episodes"]
+    ticks = np.asarray(run["ticks_ms"]) if run["ticks_ms"] else np.zeros(1)
+    return {
+        "task": task.name,
+        "sampler": sampler,
+        "episodes": len(episodes),
+        "seeds": [e["seed"] for e in episodes],
+        "success_rate": float(np.mean([e["success"] for e in episodes])),
+        "mean_score": float(np.mean([e["score"] for e in episodes])),
+        "nfe_per_action": nfe_per_action,
+        "tick_ms_p50": float(np.percentile(ticks, 50)),
+        "tick_ms_p99": float(np.percentile(ticks, 99)),
+        "inference_ms_p50": float(np.percentile(run["inference_ms"], 50)) if run["inference_ms"] else 0.0,
+        "mean_steps": float(np.mean([e["steps"] for e in episodes])),
+        "per_episode": episodes,
+        "videos": run["videos"],
+        **extra,
+    }
+
+
+def write_eval(out_dir: Path, record: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "eval.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def torch_chunk_fn(policy: Any, sampler: Any, seed: int) -> ChunkFn:
+    """predict_chunk for a PyTorch policy; noise comes from one generator seeded by `seed`."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def predict(history: dict[str, np.ndarray]) -> np.ndarray:
+        obs = {k: torch.as_tensor(v, device=policy.device) for k, v in history.items()}
+        return policy.predict_action_chunk(obs, sampler=sampler, generator=generator).cpu().numpy()
+
+    return predict
+
+
+def evaluate_policy(
+    policy: Any,
+    task: TaskConfig,
+    episodes: int,
+    seed: int,
+    sampler: Any = None,
+    num_envs: int = 1,
+    out_dir: Path | None = None,
+    videos: int = 2,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a DiffusionPolicy; writes `<out_dir>/eval.json` and videos when out_dir is given."""
+    sampler = sampler or policy.default_sampler()
+    was_training = policy.training
+    policy.eval()
+    try:
+        run = run_episodes(
+            task,
+            torch_chunk_fn(policy, sampler, seed),
+            policy.cfg.n_obs_steps,
+            policy.cfg.n_action_steps,
+            episodes,
+            seed,
+            num_envs,
+            video_dir=(out_dir / "videos") if out_dir and videos else None,
+            videos=videos,
+            progress=progress,
+        )
+    finally:
+        policy.train(was_training)
+    record = summarize(task, sampler.name, sampler.nfe_per_chunk / policy.cfg.n_action_steps, run, backend="torch")
+    if out_dir is not None:
+        write_eval(out_dir, record)
+    return record

@@ -1,0 +1,319 @@
+"""Train a Diffusion Policy on an episode store: one generic trainer, read top to bottom in `train()`.
+
+Recipe (Diffusion Policy): AdamW (lr 1e-4, betas 0.95/0.999, weight decay 1e-6), cosine schedule with
+linear warm-up, EMA of the weights (power 0.75, max 0.9999) used for evaluation and checkpoints,
+gradient clipping, validation loss on held-out episodes, periodic closed-loop evaluation.
+
+Outputs in `out/`: checkpoints/latest (safetensors + JSON, atomic), metrics.jsonl, loss_curve.png,
+tb/ (TensorBoard). `resume=true` restores weights, EMA, optimizer, RNG and the position in the epoch,
+so the continued run takes the same steps the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from dpstack.errors import ConfigError
+from envs.registry import TaskConfig
+from policy.checkpoint import read_json, read_tensors, resolve_checkpoint, save_policy
+from policy.data.dataset import SequenceDataset
+from policy.data.sampler import split_episodes
+from policy.data.store import EpisodeStore
+from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from policy.normalizer import Normalizer
+
+
+@dataclass
+class TrainConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dataset: str = "???"
+    out: str = "???"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_power: float = 0.75
+    ema_max: float = 0.9999
+    val_ratio: float = 0.05
+    val_every: int = 500
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_episodes: int = 10
+    eval_envs: int = 2
+    checkpoint_every: int = 1000
+    num_workers: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    stop_after: int = 0  # end this run after this many steps (0: run to `steps`); resume=true continues
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------- pure pieces (unit-tested)
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def ema_decay(step: int, power: float = 0.75, max_value: float = 0.9999, inv_gamma: float = 1.0) -> float:
+    """Diffusion Policy's EMA warm-up: 1 - (1 + step / inv_gamma)^-power, clipped to [0, max_value]."""
+    return float(min(max(1.0 - (1.0 + step / inv_gamma) ** -power, 0.0), max_value))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices, one permutation per epoch from (seed, epoch), optionally starting mid-epoch."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as (tensors for safetensors, JSON for the rest)."""
+    state = optimizer.state_dict()
+    tensors = {f"optimizer.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    return tensors, {"param_groups": state["param_groups"]}
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ---------------------------------------------------------------------- the trainer
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True)
+
+
+def _loader(dataset: SequenceDataset, cfg: TrainConfig, epoch: int, start_batch: int) -> DataLoader:
+    sampler = EpochSampler(len(dataset), cfg.seed, epoch, start_batch * cfg.batch_size)
+    # its own generator: creating an iterator must not draw from the global RNG that noise comes from
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(epoch),
+    )
+
+
+@torch.no_grad()
+def validation_loss(policy: DiffusionPolicy, dataset: SequenceDataset, cfg: TrainConfig, device: torch.device) -> float:
+    """Mean denoising loss on held-out episodes, with fixed noise so values are comparable across steps."""
+    generator = torch.Generator().manual_seed(1234)
+    losses = []
+    for batch in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False):
+        batch = _to(batch, device)
+        action = batch["action"]
+        noise = torch.randn(action.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, policy.schedule.num_train_timesteps, (action.shape[0],), generator=generator).to(
+            device
+        )
+        losses.append(float(policy.compute_loss(batch, noise, timesteps)[0]))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _plot(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if "val_loss" in h]
+    if train:
+        steps, losses = zip(*train, strict=True)
+        window = max(1, len(losses) // 50)
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, label="train (smoothed)")
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns the final metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from policy.evaluate import evaluate_policy
+
+    out = Path(cfg.out)
+    latest = out / "checkpoints" / "latest"
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+
+    # data: the task declares the observation keys; episodes are split once, by seed
+    env = cfg.task.make_env()
+    obs_features, action_feature = env.features, env.action_feature
+    env.close()
+    store = EpisodeStore.open(cfg.dataset)
+    train_eps, val_eps = split_episodes(store.n_episodes, cfg.val_ratio, cfg.seed)
+    timing = {
+        "horizon": cfg.policy.horizon,
+        "n_obs_steps": cfg.policy.n_obs_steps,
+        "n_action_steps": cfg.policy.n_action_steps,
+    }
+    train_set = SequenceDataset(store.path, list(obs_features), episodes=train_eps, **timing)
+    val_set = SequenceDataset(store.path, list(obs_features), episodes=val_eps, **timing) if len(val_eps) else None
+    if len(train_set) < cfg.batch_size:
+        raise ConfigError(f"{store.path}: {len(train_set)} training windows, fewer than batch_size={cfg.batch_size}")
+    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in obs_features.items()}})
+
+    # model, EMA copy, optimizer, schedule
+    policy = DiffusionPolicy(cfg.policy, obs_features, action_feature, normalizer).to(device)
+    ema = copy.deepcopy(policy).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
+    step, epoch, batch_in_epoch = 0, 0, 0
+    if cfg.resume and (latest / "train_state.json").exists():
+        meta = read_json(latest / "train_state.json")
+        tensors = read_tensors(latest / "train_state.safetensors")
+        policy.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        ema.load_state_dict(read_tensors(resolve_checkpoint(latest) / "model.safetensors"))
+        load_optimizer_state(optimizer, tensors, meta)
+        torch.set_rng_state(tensors["rng.torch"])
+        step, epoch, batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps), last_epoch=step - 1
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    writer = SummaryWriter(str(out / "tb"), purge_step=step)
+    metrics_path = out / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    history = [h for h in history if h["step"] <= step]
+
+    def log(record: dict[str, Any]) -> None:
+        history.append(record)
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float):
+                writer.add_scalar(key, value, record["step"])
+
+    def checkpoint() -> None:
+        tensors, meta = optimizer_state(optimizer)
+        tensors.update({f"model.{k}": v for k, v in policy.state_dict().items()})
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta.update(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch)
+        save_policy(
+            latest,
+            ema,
+            extra={"task": asdict(cfg.task), "train": {"step": step, "dataset": str(store.path)}},
+            train_state=(tensors, meta),
+        )
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        _plot(history, out / "loss_curve.png")
+        writer.flush()
+
+    def evaluate(tag: str) -> dict[str, Any]:
+        record = evaluate_policy(
+            ema,
+            cfg.task,
+            cfg.eval_episodes,
+            cfg.task.eval_seed,
+            num_envs=cfg.eval_envs,
+            out_dir=out / "eval" / tag,
+            videos=1,
+        )
+        return {"eval/success_rate": record["success_rate"], "eval/mean_score": record["mean_score"]}
+
+    # the loop
+    policy.train()
+    batches = iter(_loader(train_set, cfg, epoch, batch_in_epoch))
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not cfg.progress)
+    start_time = time.perf_counter()
+    stop_at = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after else cfg.steps
+    while step < stop_at:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            epoch, batch_in_epoch = epoch + 1, 0
+            batches = iter(_loader(train_set, cfg, epoch, 0))
+            continue
+        loss, _ = policy.compute_loss(_to(batch, device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema_update(ema, policy, ema_decay(step, cfg.ema_power, cfg.ema_max))
+        step, batch_in_epoch = step + 1, batch_in_epoch + 1
+        record: dict[str, Any] = {
+            "step": step,
+            "loss": float(loss.detach()),
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "epoch": epoch,
+        }
+        if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+            record["val_loss"] = validation_loss(ema, val_set, cfg, device)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+            record.update(evaluate(f"step_{step}"))
+        log(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if step % cfg.checkpoint_every == 0 or step == stop_at:
+            checkpoint()
+    bar.close()
+    final = {"step": step, "train_seconds_this_run": time.perf_counter() - start_time}
+    if cfg.eval_episodes > 0 and step == cfg.steps:
+        final.update(evaluate("final"))
+        log({"step": step, **{k: v for k, v in final.items() if k.startswith("eval/")}})
+        checkpoint()
+    writer.close()
+    return final

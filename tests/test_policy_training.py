@@ -1,0 +1,194 @@
+"""Diffusion Policy end to end on small stores: loss, checkpoints, resume, evaluation, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpstack.errors import ConfigError
+from envs.collect import collect
+from envs.registry import load_task_config
+from policy.checkpoint import CheckpointError, load_policy
+from policy.diffusion_policy import PolicyConfig
+from policy.evaluate import evaluate_policy, run_episodes
+from policy.samplers import make_sampler
+from policy.train import EpochSampler, TrainConfig, ema_decay, lr_factor, train
+
+DPSTACK = str(Path(sys.executable).with_name("dpstack"))
+MAZE = load_task_config("pointmaze-umaze", ["max_steps=150"])
+
+
+@pytest.fixture(scope="module")
+def maze_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("maze") / "maze.zarr"
+    collect(MAZE, episodes=30, out=path, progress=False)
+    return path
+
+
+def _config(store: Path, out: Path, **kwargs) -> TrainConfig:
+    policy = kwargs.pop("policy", PolicyConfig(denoiser="mlp", preset="small"))
+    base = dict(
+        task=MAZE,
+        policy=policy,
+        dataset=str(store),
+        out=str(out),
+        steps=60,
+        batch_size=32,
+        warmup_steps=10,
+        eval_episodes=0,
+        val_every=30,
+        checkpoint_every=30,
+        progress=False,
+        threads=1,
+    )
+    return TrainConfig(**{**base, **kwargs})
+
+
+def test_schedule_pieces() -> None:
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+    assert ema_decay(0) == 0.0 and 0.99 < ema_decay(10_000) < 0.9999 and ema_decay(10**9) == 0.9999
+    sampler = list(EpochSampler(10, seed=1, epoch=2))
+    assert sorted(sampler) == list(range(10)) and list(EpochSampler(10, 1, 2, start=4)) == sampler[4:]
+
+
+def test_loss_decreases_and_checkpoint_reloads_identically(maze_store: Path, tmp_path: Path) -> None:
+    cfg = _config(maze_store, tmp_path / "run", steps=300, policy=PolicyConfig(denoiser="unet", preset="tiny"))
+    train(cfg)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean([h["loss"] for h in history[:20]]), np.mean([h["loss"] for h in history[-20:]])
+    assert last < 0.8 * first, (first, last)
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+    assert any((tmp_path / "run" / "tb").iterdir())
+    # a fresh process-independent reload reproduces the actions exactly
+    a, b = load_policy(tmp_path / "run"), load_policy(tmp_path / "run" / "checkpoints" / "latest")
+    obs = {"state": torch.randn(3, 2, 4), "goal": torch.randn(3, 2, 2)}
+    noise = torch.randn(make_sampler("ddim", a.schedule, 5).noise_shape(3, 16, 2))
+    for sampler in ("ddpm", "ddim"):
+        s = make_sampler(sampler, a.schedule, 5)
+        assert torch.equal(
+            a.predict_action_chunk(obs, noise=noise[: 5 + 1], sampler=s),
+            b.predict_action_chunk(obs, noise=noise[: 5 + 1], sampler=s),
+        )
+    chunk = a.predict_action_chunk(obs, sampler=make_sampler("ddim", a.schedule, 5))
+    assert chunk.shape == (3, 8, 2)
+
+
+def test_resume_continues_exactly(maze_store: Path, tmp_path: Path) -> None:
+    train(_config(maze_store, tmp_path / "full", steps=60))
+    train(_config(maze_store, tmp_path / "split", steps=60, stop_after=25))  # interrupted mid-epoch
+    with pytest.raises(ConfigError, match="resume=true"):
+        train(_config(maze_store, tmp_path / "split", steps=60))
+    train(_config(maze_store, tmp_path / "split", steps=60, resume=True))
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    split = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in split] == list(range(1, 61))
+    np.testing.assert_allclose([h["loss"] for h in split], [h["loss"] for h in full], rtol=1e-5)
+    wa = load_policy(tmp_path / "full").state_dict()
+    wb = load_policy(tmp_path / "split").state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_trained_policy_beats_random_actions(maze_store: Path, tmp_path: Path) -> None:
+    train(_config(maze_store, tmp_path / "run", steps=800, batch_size=64, warmup_steps=50))
+    policy = load_policy(tmp_path / "run")
+    record = evaluate_policy(
+        policy,
+        MAZE,
+        episodes=8,
+        seed=100000,
+        sampler=make_sampler("ddim", policy.schedule, 10),
+        out_dir=tmp_path / "eval",
+        videos=1,
+    )
+    rng = np.random.default_rng(0)
+    random_run = run_episodes(MAZE, lambda h: rng.uniform(-1, 1, (1, 8, 2)), 2, 8, episodes=8, seed=100000)
+    random_success = np.mean([e["success"] for e in random_run["episodes"]])
+    assert record["success_rate"] >= random_success + 0.25, (record["success_rate"], random_success)
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    for key in (
+        "task",
+        "sampler",
+        "episodes",
+        "seeds",
+        "success_rate",
+        "mean_score",
+        "nfe_per_action",
+        "tick_ms_p50",
+        "tick_ms_p99",
+    ):
+        assert key in saved
+    assert saved["seeds"] == list(range(100000, 100008)) and saved["nfe_per_action"] == 10 / 8
+    assert saved["videos"] and Path(saved["videos"][0]).stat().st_size > 1000
+
+
+def test_wrong_observation_shape_is_a_clear_error(maze_store: Path, tmp_path: Path) -> None:
+    train(_config(maze_store, tmp_path / "run", steps=5))
+    policy = load_policy(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"observation 'state' has per-step shape \(3,\), expected \(4,\)"):
+        policy.predict_action_chunk({"state": torch.zeros(1, 2, 3), "goal": torch.zeros(1, 2, 2)})
+    with pytest.raises(KeyError, match=r"missing key\(s\) \['goal'\]"):
+        policy.predict_action_chunk({"state": torch.zeros(1, 2, 4)})
+
+
+def test_malformed_checkpoints_are_clear_errors(maze_store: Path, tmp_path: Path) -> None:
+    train(_config(maze_store, tmp_path / "run", steps=5))
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    weights = (latest / "model.safetensors").read_bytes()
+    (latest / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated safetensors"):
+        load_policy(tmp_path / "run")
+    (latest / "model.safetensors").write_bytes(weights)
+    config = json.loads((latest / "config.json").read_text())
+    config["policy"]["preset"] = "tiny"
+    (latest / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"does not match config\.json"):
+        load_policy(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_policy(tmp_path)
+
+
+def test_cli_train_then_eval(maze_store: Path, tmp_path: Path) -> None:
+    args = [
+        DPSTACK,
+        "train",
+        "task=pointmaze-umaze",
+        "task.max_steps=60",
+        "policy=mlp",
+        f"dataset={maze_store}",
+        f"out={tmp_path / 'run'}",
+        "steps=20",
+        "batch_size=16",
+        "eval_episodes=1",
+        "progress=false",
+        "threads=1",
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(
+        [
+            DPSTACK,
+            "eval",
+            f"checkpoint={tmp_path / 'run'}",
+            "episodes=2",
+            "sampler=ddim",
+            f"out={tmp_path / 'eval'}",
+            "num_envs=2",
+            "videos=0",
+            "progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pointmaze-umaze ddim-10: success" in result.stdout
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["episodes"] == 2
+    bad = subprocess.run([DPSTACK, "train", "policy=unett", "dataset=x", "out=y"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unett" in bad.stderr
