@@ -37,31 +37,33 @@ from policy.normalizer import Normalizer
 
 @dataclass
 class TrainConfig:
-    task: TaskConfig = field(default_factory=TaskConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    dataset: str = "???"
-    out: str = "???"
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    grad_clip: float = 1.0
-    ema_power: float = 0.75
-    ema_max: float = 0.9999
-    val_ratio: float = 0.05
-    val_every: int = 500
-    eval_every: int = 0  # 0: evaluate only at the end
-    eval_episodes: int = 10
-    eval_envs: int = 2
-    checkpoint_every: int = 1000
-    num_workers: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = all cores
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    stop_after: int = 0  # end this run after this many steps (0: run to `steps`); resume=true continues
-    progress: bool = True
+    task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
+    policy: PolicyConfig = field(
+        default_factory=PolicyConfig, metadata={"help": "policy config group: policy=unet|transformer|mlp"}
+    )
+    dataset: str = field(default="???", metadata={"help": "episode store to train on"})
+    out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
+    steps: int = field(default=2000, metadata={"help": "optimizer steps in total (the cosine schedule spans them)"})
+    batch_size: int = field(default=64, metadata={"help": "windows per step"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate"})
+    weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=500, metadata={"help": "linear warm-up steps"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
+    ema_power: float = field(default=0.75, metadata={"help": "EMA warm-up power"})
+    ema_max: float = field(default=0.9999, metadata={"help": "EMA max decay"})
+    val_ratio: float = field(default=0.05, metadata={"help": "fraction of episodes held out for validation"})
+    val_every: int = field(default=500, metadata={"help": "steps between validation losses"})
+    eval_every: int = field(default=0, metadata={"help": "steps between closed-loop evaluations (0: only at the end)"})
+    eval_episodes: int = field(default=10, metadata={"help": "episodes per closed-loop evaluation (0: none)"})
+    eval_envs: int = field(default=2, metadata={"help": "parallel environments for evaluation"})
+    checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: all cores; use 1 on a busy machine)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, the shuffling and the noise"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in `out` exactly where it stopped"})
+    stop_after: int = field(default=0, metadata={"help": "end this run after N steps (0: run to `steps`)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
 # ---------------------------------------------------------------------- pure pieces (unit-tested)

@@ -192,3 +192,23 @@ def test_cli_train_then_eval(maze_store: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["episodes"] == 2
     bad = subprocess.run([DPSTACK, "train", "policy=unett", "dataset=x", "out=y"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unett" in bad.stderr
+
+
+def test_image_policy_trains_and_acts(tmp_path: Path) -> None:
+    task = load_task_config("pusht", ["image=true", "max_steps=40"])
+    collect(task, episodes=2, out=tmp_path / "img.zarr", keep_failed=True, progress=False)
+    cfg = _config(
+        tmp_path / "img.zarr",
+        tmp_path / "run",
+        steps=3,
+        batch_size=4,
+        val_ratio=0.0,
+        policy=PolicyConfig(denoiser="unet", preset="tiny"),
+    )
+    cfg.task = task
+    train(cfg)
+    policy = load_policy(tmp_path / "run")
+    assert set(policy.obs_encoder.cameras) == {"image"}
+    obs = {"image": torch.randint(0, 255, (2, 2, 96, 96, 3), dtype=torch.uint8), "agent_pos": torch.rand(2, 2, 2) * 512}
+    chunk = policy.predict_action_chunk(obs, sampler=make_sampler("ddim", policy.schedule, 2))
+    assert chunk.shape == (2, 8, 2) and torch.isfinite(chunk).all()
