@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +23,7 @@ from policy.denoisers import mlp as mlp_presets
 from policy.denoisers import transformer as transformer_presets
 from policy.denoisers import unet1d as unet_presets
 from policy.encoders import ObservationEncoder
+from policy.execution import RecedingHorizon
 from policy.normalizer import Normalizer
 from policy.samplers import ChunkSampler, make_sampler
 from policy.schedulers import NoiseSchedule
@@ -73,7 +75,7 @@ class PolicyConfig:
 
 
 class DiffusionPolicy(nn.Module):
-    """compute_loss(batch) for training; predict_action_chunk(obs) for acting.
+    """compute_loss(batch) for training; predict_action_chunk(obs), or reset() + select_action(obs), for acting.
 
     Args:
         cfg: network, schedule and timing.
@@ -178,6 +180,26 @@ class DiffusionPolicy(nn.Module):
         """The executable actions: (B, n_action_steps, Da) raw, starting at the last observed step."""
         start = self.cfg.n_obs_steps - 1
         return self.predict_full_chunk(obs, noise, sampler, generator)[:, start : start + self.cfg.n_action_steps]
+
+    def reset(self) -> None:
+        """Forget the observation history and queued actions (call at the start of every episode)."""
+        self._runner = RecedingHorizon(self._predict_numpy, self.cfg.n_obs_steps, self.cfg.n_action_steps)
+
+    def select_action(self, obs: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        """One control tick: raw obs {key: (B, *shape)} of the current step -> raw action (B, Da).
+
+        Keeps the last n_obs_steps observations and a queue of actions; a new chunk is predicted (with
+        the default sampler) only when the queue is empty. The caller's dict is not modified.
+        """
+        if getattr(self, "_runner", None) is None:
+            self.reset()
+        self._generator = generator
+        numpy_obs = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in obs.items()}
+        return torch.as_tensor(self._runner.select_action(numpy_obs))
+
+    def _predict_numpy(self, history: dict[str, np.ndarray]) -> np.ndarray:
+        obs = {k: torch.as_tensor(v, device=self.device) for k, v in history.items()}
+        return self.predict_action_chunk(obs, generator=getattr(self, "_generator", None)).cpu().numpy()
 
     def config_dict(self) -> dict[str, Any]:
         return {

@@ -222,7 +222,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ema = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    step, epoch, batch_in_epoch = 0, 0, 0
+    step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
     if cfg.resume and (latest / "train_state.json").exists():
         meta = read_json(latest / "train_state.json")
         tensors = read_tensors(latest / "train_state.safetensors")
@@ -231,6 +231,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         load_optimizer_state(optimizer, tensors, meta)
         torch.set_rng_state(tensors["rng.torch"])
         step, epoch, batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        elapsed_before = meta.get("train_seconds", 0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps), last_epoch=step - 1
         )
@@ -251,7 +252,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         tensors, meta = optimizer_state(optimizer)
         tensors.update({f"model.{k}": v for k, v in policy.state_dict().items()})
         tensors["rng.torch"] = torch.get_rng_state()
-        meta.update(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch)
+        meta.update(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, train_seconds=elapsed())
         save_policy(
             latest,
             ema,
@@ -279,6 +280,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     batches = iter(_loader(train_set, cfg, epoch, batch_in_epoch))
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not cfg.progress)
     start_time = time.perf_counter()
+
+    def elapsed() -> float:
+        """Training wall-clock over every run of this training (resumes included)."""
+        return elapsed_before + time.perf_counter() - start_time
+
     stop_at = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after else cfg.steps
     while step < stop_at:
         try:
@@ -297,6 +303,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step, batch_in_epoch = step + 1, batch_in_epoch + 1
         record: dict[str, Any] = {
             "step": step,
+            "train_s": elapsed(),
             "loss": float(loss.detach()),
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
@@ -312,7 +319,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if step % cfg.checkpoint_every == 0 or step == stop_at:
             checkpoint()
     bar.close()
-    final = {"step": step, "train_seconds_this_run": time.perf_counter() - start_time}
+    final = {"step": step, "train_seconds": elapsed()}
     if cfg.eval_episodes > 0 and step == cfg.steps:
         final.update(evaluate("final"))
         log({"step": step, **{k: v for k, v in final.items() if k.startswith("eval/")}})

@@ -20,7 +20,7 @@ $dpstack dataset info "$out/pusht.zarr" | head -n 8
 echo "== 3. train a small U-Net Diffusion Policy for $steps steps"
 rm -rf "$out/run"
 $dpstack train task=pusht policy=unet dataset="$out/pusht.zarr" out="$out/run" steps="$steps" \
-  warmup_steps=50 val_every=100 checkpoint_every=100 eval_episodes=0 threads=2 progress=false
+  warmup_steps=50 val_every=100 checkpoint_every=100 eval_episodes=0 progress=false
 
 echo "== 4. evaluate it in closed loop (DDIM 10 steps, $eval_episodes episodes from seed 100000)"
 $dpstack eval checkpoint="$out/run" episodes="$eval_episodes" sampler=ddim out="$out/eval" videos=1 progress=false

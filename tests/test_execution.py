@@ -1,0 +1,50 @@
+"""Receding-horizon execution: history padding, one chunk per n_action_steps ticks, no input mutation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from envs.base import Feature
+from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from policy.execution import RecedingHorizon
+from policy.normalizer import Normalizer
+
+
+def test_queue_and_history() -> None:
+    seen = []
+
+    def predict(history):
+        seen.append({k: v.copy() for k, v in history.items()})
+        step = history["x"][:, -1, 0]
+        return np.stack([np.stack([step * 10 + i] * 2, axis=-1) for i in range(4)], axis=1)  # (B, 4, 2)
+
+    runner = RecedingHorizon(predict, n_obs_steps=2, n_action_steps=3)
+    actions = []
+    for t in range(7):
+        obs = {"x": np.full((1, 1), float(t))}
+        actions.append(runner.select_action(obs)[0, 0])
+        assert obs["x"][0, 0] == t  # caller's data untouched
+    assert len(seen) == 3  # ticks 0, 3, 6
+    np.testing.assert_array_equal(seen[0]["x"][0, :, 0], [0, 0])  # first observation repeated
+    np.testing.assert_array_equal(seen[1]["x"][0, :, 0], [2, 3])
+    assert actions == [0, 1, 2, 30, 31, 32, 60]
+    runner.reset()
+    runner.select_action({"x": np.full((1, 1), 9.0)})
+    np.testing.assert_array_equal(seen[-1]["x"][0, :, 0], [9, 9])
+
+
+def test_policy_select_action_uses_the_shared_runner() -> None:
+    features = {"state": Feature((3,))}
+    normalizer = Normalizer({"state": ("minmax", torch.ones(3), torch.zeros(3)),
+                             "action": ("minmax", torch.ones(2), torch.zeros(2))})
+    policy = DiffusionPolicy(PolicyConfig(denoiser="mlp", preset="tiny", sampler="ddim", num_inference_steps=2,
+                                          n_action_steps=4), features, Feature((2,)), normalizer).eval()
+    calls = []
+    original = policy.predict_action_chunk
+    policy.predict_action_chunk = lambda *a, **k: calls.append(1) or original(*a, **k)
+    policy.reset()
+    obs = {"state": torch.zeros(2, 3)}
+    actions = [policy.select_action(obs) for _ in range(9)]
+    assert all(a.shape == (2, 2) for a in actions) and len(calls) == 3
+    assert torch.equal(obs["state"], torch.zeros(2, 3))
