@@ -35,6 +35,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         }
         for maze in ("umaze", "medium", "large")
     },
+    "pointmaze-umaze-unet": {
+        "task": "pointmaze-umaze", "demos": 200, "train": ["policy=unet", "steps=3000"], "eval": ["sampler=ddim"],
+    },
 }
 
 

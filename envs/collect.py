@@ -12,6 +12,8 @@ success latched so far in the episode) and ``seed``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -71,10 +73,16 @@ def run_expert_episode(env: Any, task: TaskConfig, seed: int, noise: float) -> E
     )
 
 
-def _init_worker(task: TaskConfig) -> None:
+def _setup_env(task: TaskConfig) -> None:
     global _worker_env, _worker_task
     _worker_task = task
     _worker_env = task.make_env()
+
+
+def _init_worker(task: TaskConfig) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _setup_env(task)
 
 
 def _worker_episode(args: tuple[int, float]) -> EpisodeResult:
@@ -143,6 +151,17 @@ def collect(
 
     results: list[EpisodeResult] = []
     interrupted = False
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        # The first Ctrl-C lets the episode in hand be committed, then stops; a second one aborts now
+        # (the store stays consistent either way, see policy.data.store).
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, request_stop) if in_main_thread else None
     bar = tqdm(total=episodes, initial=store.n_episodes, desc=f"collect {task.name}", unit="ep", disable=not progress)
     pool = mp.get_context("spawn").Pool(workers, _init_worker, (task,)) if workers > 1 and needed > 0 else None
     try:
@@ -150,7 +169,7 @@ def collect(
             if pool is not None:
                 stream = pool.imap(_worker_episode, candidates())
             else:
-                _init_worker(task)
+                _setup_env(task)
                 stream = map(_worker_episode, candidates())
             for result in stream:
                 results.append(result)
@@ -163,9 +182,14 @@ def collect(
                 bar.set_postfix(success=f"{np.mean([r.success for r in results]):.2f}")
                 if store.n_episodes >= episodes:
                     break
+                if stop.is_set():
+                    interrupted = True
+                    break
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
         bar.close()
         if pool is not None:
             pool.terminate()
