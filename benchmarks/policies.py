@@ -35,8 +35,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         }
         for maze in ("umaze", "medium", "large")
     },
-    "pointmaze-umaze-unet": {
-        "task": "pointmaze-umaze", "demos": 200, "train": ["policy=unet", "steps=3000"], "eval": ["sampler=ddim"],
+    **{
+        f"pointmaze-{maze}-unet": {
+            "task": f"pointmaze-{maze}",
+            "demos": 200,
+            "train": ["policy=unet", "steps=3000"],
+            "eval": ["sampler=ddim"],
+        }
+        for maze in ("umaze", "medium", "large")
     },
 }
 
@@ -49,15 +55,48 @@ def _run(args: list[str], log: Path) -> None:
 
 def run_recipe(name: str, runs: Path, eval_episodes: int) -> dict[str, Any]:
     recipe = RECIPES[name]
-    task, store, run_dir, eval_dir = recipe["task"], runs / f"{recipe['task']}{recipe['demos']}.zarr", runs / name, runs / f"{name}-eval"
+    task, store, run_dir, eval_dir = (
+        recipe["task"],
+        runs / f"{recipe['task']}{recipe['demos']}.zarr",
+        runs / name,
+        runs / f"{name}-eval",
+    )
     log = runs / f"{name}.log"
     commands = [
-        [DPSTACK, "collect", f"task={task}", f"episodes={recipe['demos']}", f"out={store}", "workers=2", "progress=false"],
-        [DPSTACK, "train", f"task={task}", *recipe["train"], f"dataset={store}", f"out={run_dir}", "eval_episodes=0",
-         "checkpoint_every=1000", "val_every=1000", "threads=1", "progress=false",
-         *(["resume=true"] if run_dir.exists() else [])],
-        [DPSTACK, "eval", f"checkpoint={run_dir}", f"episodes={eval_episodes}", *recipe["eval"], f"out={eval_dir}",
-         "num_envs=2", "videos=2", "progress=false"],
+        [
+            DPSTACK,
+            "collect",
+            f"task={task}",
+            f"episodes={recipe['demos']}",
+            f"out={store}",
+            "workers=2",
+            "progress=false",
+        ],
+        [
+            DPSTACK,
+            "train",
+            f"task={task}",
+            *recipe["train"],
+            f"dataset={store}",
+            f"out={run_dir}",
+            "eval_episodes=0",
+            "checkpoint_every=1000",
+            "val_every=1000",
+            "threads=1",
+            "progress=false",
+            *(["resume=true"] if run_dir.exists() else []),
+        ],
+        [
+            DPSTACK,
+            "eval",
+            f"checkpoint={run_dir}",
+            f"episodes={eval_episodes}",
+            *recipe["eval"],
+            f"out={eval_dir}",
+            "num_envs=2",
+            "videos=2",
+            "progress=false",
+        ],
     ]
     for command in commands:
         _run(command, log)
@@ -97,10 +136,20 @@ def main() -> None:
         rows = [r for r in json.loads(previous.read_text())["rows"] if r["recipe"] not in done] + rows
         rows.sort(key=lambda r: list(RECIPES).index(r["recipe"]))
     write_results(
-        Path(args.out), "policies", rows,
-        columns=[("recipe", "recipe"), ("train steps", "train_steps"), ("sampler", "sampler"), ("episodes", "episodes"),
-                 ("success", "success_rate"), ("mean score", "mean_score"), ("NFE / action", "nfe_per_action"),
-                 ("tick p50 ms", "tick_ms_p50"), ("tick p99 ms", "tick_ms_p99")],
+        Path(args.out),
+        "policies",
+        rows,
+        columns=[
+            ("recipe", "recipe"),
+            ("train steps", "train_steps"),
+            ("sampler", "sampler"),
+            ("episodes", "episodes"),
+            ("success", "success_rate"),
+            ("mean score", "mean_score"),
+            ("NFE / action", "nfe_per_action"),
+            ("tick p50 ms", "tick_ms_p50"),
+            ("tick p99 ms", "tick_ms_p99"),
+        ],
         meta={"machine": platform.machine(), "cpu_threads": 1},
     )
 

@@ -26,4 +26,4 @@ echo "== 4. evaluate it in closed loop (DDIM 10 steps, $eval_episodes episodes f
 $dpstack eval checkpoint="$out/run" episodes="$eval_episodes" sampler=ddim out="$out/eval" videos=1 progress=false
 
 echo "demo finished: store $out/pusht.zarr, run $out/run (loss_curve.png), eval $out/eval (eval.json, videos/)"
-echo "(a few hundred steps on 20 demos is a smoke run; see README 'Training budget' for real numbers)"
+echo "(a few hundred steps on 20 demos is a smoke run; see README 'Results and training budget' for real numbers)"

@@ -168,6 +168,7 @@ def test_cli_train_then_eval(maze_store: Path, tmp_path: Path) -> None:
         "eval_episodes=1",
         "progress=false",
         "threads=1",
+        "num_workers=2",  # multi-process loading
     ]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
