@@ -25,10 +25,12 @@ demo: setup
 	bash scripts/demo.sh $(DEMO_DIR)
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench-data: setup
 	$(PY) -m benchmarks.data_loader

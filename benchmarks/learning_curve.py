@@ -35,23 +35,53 @@ def main() -> None:
         shutil.copytree(run / "checkpoints" / "latest", snapshot)
     eval_dir = run.parent / f"{run.name}-step{step}-{args.sampler}-eval"
     dpstack = str(Path(sys.executable).with_name("dpstack"))
-    subprocess.run([dpstack, "eval", f"checkpoint={snapshot}", f"episodes={args.episodes}", f"sampler={args.sampler}",
-                    f"out={eval_dir}", f"num_envs={args.num_envs}", "videos=1", "progress=false"], check=True)
+    subprocess.run(
+        [
+            dpstack,
+            "eval",
+            f"checkpoint={snapshot}",
+            f"episodes={args.episodes}",
+            f"sampler={args.sampler}",
+            f"out={eval_dir}",
+            f"num_envs={args.num_envs}",
+            "videos=1",
+            "progress=false",
+        ],
+        check=True,
+    )
     record = json.loads((eval_dir / "eval.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     at_step = next((h for h in reversed(history) if h["step"] <= step and "val_loss" in h), {})
-    row = {"step": step, "train_s": meta.get("train_seconds"), "val_loss": at_step.get("val_loss"),
-           "sampler": record["sampler"], "episodes": record["episodes"], "success_rate": record["success_rate"],
-           "mean_score": record["mean_score"]}
+    row = {
+        "step": step,
+        "train_s": meta.get("train_seconds"),
+        "val_loss": at_step.get("val_loss"),
+        "sampler": record["sampler"],
+        "episodes": record["episodes"],
+        "success_rate": record["success_rate"],
+        "mean_score": record["mean_score"],
+    }
     name = f"{run.name}_learning_curve"
     path = Path(args.out) / f"{name}.json"
     rows = json.loads(path.read_text())["rows"] if path.exists() else []
-    rows = sorted([r for r in rows if (r["step"], r["sampler"]) != (step, row["sampler"])] + [row],
-                  key=lambda r: (r["step"], r["sampler"]))
-    write_results(Path(args.out), name, rows,
-                  columns=[("step", "step"), ("validation loss", "val_loss"), ("sampler", "sampler"),
-                           ("episodes", "episodes"), ("success", "success_rate"), ("mean score", "mean_score")],
-                  meta={"run": str(run), "seed": 100000})
+    rows = sorted(
+        [r for r in rows if (r["step"], r["sampler"]) != (step, row["sampler"])] + [row],
+        key=lambda r: (r["step"], r["sampler"]),
+    )
+    write_results(
+        Path(args.out),
+        name,
+        rows,
+        columns=[
+            ("step", "step"),
+            ("validation loss", "val_loss"),
+            ("sampler", "sampler"),
+            ("episodes", "episodes"),
+            ("success", "success_rate"),
+            ("mean score", "mean_score"),
+        ],
+        meta={"run": str(run), "seed": 100000},
+    )
 
 
 if __name__ == "__main__":

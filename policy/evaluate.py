@@ -71,7 +71,7 @@ def run_episodes(
             final: list[dict[str, Any] | None] = [None] * num_envs
             steps = np.zeros(num_envs, int)
             while not done.all():
-                if video_dir is not None:
+                if video_dir is not None and wave_start < videos:  # rendering is costly: only when kept
                     for i, frame in enumerate(envs.call("render")):
                         if wave_start + i < videos and not done[i]:
                             frames.setdefault(wave_start + i, []).append(np.asarray(frame))

@@ -36,10 +36,15 @@ def test_queue_and_history() -> None:
 
 def test_policy_select_action_uses_the_shared_runner() -> None:
     features = {"state": Feature((3,))}
-    normalizer = Normalizer({"state": ("minmax", torch.ones(3), torch.zeros(3)),
-                             "action": ("minmax", torch.ones(2), torch.zeros(2))})
-    policy = DiffusionPolicy(PolicyConfig(denoiser="mlp", preset="tiny", sampler="ddim", num_inference_steps=2,
-                                          n_action_steps=4), features, Feature((2,)), normalizer).eval()
+    normalizer = Normalizer(
+        {"state": ("minmax", torch.ones(3), torch.zeros(3)), "action": ("minmax", torch.ones(2), torch.zeros(2))}
+    )
+    policy = DiffusionPolicy(
+        PolicyConfig(denoiser="mlp", preset="tiny", sampler="ddim", num_inference_steps=2, n_action_steps=4),
+        features,
+        Feature((2,)),
+        normalizer,
+    ).eval()
     calls = []
     original = policy.predict_action_chunk
     policy.predict_action_chunk = lambda *a, **k: calls.append(1) or original(*a, **k)

@@ -33,12 +33,14 @@ def run(cfg: Config) -> int:
     import torch
 
     from envs.registry import TaskConfig
-    from policy.checkpoint import load_policy
+    from policy.checkpoint import CheckpointError, load_policy
     from policy.evaluate import evaluate_policy
     from policy.samplers import make_sampler
 
     torch.set_num_threads(cfg.threads)
     policy = load_policy(cfg.checkpoint, cfg.device)
+    if "task" not in policy.checkpoint_config:
+        raise CheckpointError(f"{cfg.checkpoint}: config.json has no 'task' entry (not written by dpstack train)")
     task = TaskConfig(**policy.checkpoint_config["task"])
     sampler = make_sampler(
         cfg.sampler or policy.cfg.sampler,
