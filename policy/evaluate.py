@@ -21,6 +21,9 @@ from envs.registry import TaskConfig
 from policy.execution import ChunkFn, RecedingHorizon
 
 
+EXTRA_INFO_KEYS = ("max_coverage", "return")
+
+
 def _make(task: TaskConfig) -> Callable[[], gym.Env]:
     return lambda: task.make_env()
 
@@ -88,6 +91,8 @@ def run_episodes(
                         "success": bool(infos["is_success"][i]),
                         "score": float(infos["score"][i]),
                         "steps": int(steps[i] + 1),
+                        # task-specific extras, e.g. Push-T's raw max_coverage, a maze's return
+                        **{k: float(infos[k][i]) for k in EXTRA_INFO_KEYS if k in infos},
                     }
                 steps += ~done
                 done |= terminated | truncated
@@ -125,6 +130,11 @@ def summarize(
         "tick_ms_p99": float(np.percentile(ticks, 99)),
         "inference_ms_p50": float(np.percentile(run["inference_ms"], 50)) if run["inference_ms"] else 0.0,
         "mean_steps": float(np.mean([e["steps"] for e in episodes])),
+        **{
+            f"mean_{k}": float(np.mean([e[k] for e in episodes]))
+            for k in EXTRA_INFO_KEYS
+            if episodes and k in episodes[0]
+        },
         "per_episode": episodes,
         "videos": run["videos"],
         **extra,
