@@ -20,7 +20,6 @@ import numpy as np
 from envs.registry import TaskConfig
 from policy.execution import ChunkFn, RecedingHorizon
 
-
 EXTRA_INFO_KEYS = ("max_coverage", "return")
 
 
