@@ -27,21 +27,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "pusht-unet": {"task": "pusht", "demos": 200, "train": ["policy=unet", "steps=20000"], "eval": ["sampler=ddpm"]},
     "lift-unet": {"task": "lift", "demos": 200, "train": ["policy=unet", "steps=5000"], "eval": ["sampler=ddpm"]},
     **{
-        f"pointmaze-{maze}-mlp": {
+        f"pointmaze-{maze}-{policy}": {
             "task": f"pointmaze-{maze}",
             "demos": 200,
-            "train": ["policy=mlp", "steps=4000"],
+            "train": [f"policy={policy}", f"steps={steps}"],
             "eval": ["sampler=ddim"],
         }
-        for maze in ("umaze", "medium", "large")
-    },
-    **{
-        f"pointmaze-{maze}-unet": {
-            "task": f"pointmaze-{maze}",
-            "demos": 200,
-            "train": ["policy=unet", "steps=3000"],
-            "eval": ["sampler=ddim"],
-        }
+        for policy, steps in (("mlp", 4000), ("unet", 3000))
         for maze in ("umaze", "medium", "large")
     },
 }

@@ -18,7 +18,6 @@ episodes; the next writer trims the uncommitted tail before appending.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -377,11 +376,3 @@ def _check_finite(values: np.ndarray, where: str, offset: int = 0) -> None:
         raise StoreError(
             f"{where} contains NaN or inf at step {int(bad[0]) + offset} (index {tuple(int(i) for i in bad)})"
         )
-
-
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KiB' (used by summaries and benchmarks)."""
-    if n <= 0:
-        return "0 B"
-    unit = min(int(math.log(n, 1024)), 4)
-    return f"{n / 1024**unit:.1f} {['B', 'KiB', 'MiB', 'GiB', 'TiB'][unit]}"
