@@ -11,9 +11,9 @@ The top-level packages split the stack by role:
 import os
 from importlib.metadata import PackageNotFoundError, version
 
-# OpenMP threads that spin while waiting turn a busy 2-core machine into a crawl: a U-Net training step
-# took 16 s with 2 torch threads next to one other busy process, 0.6 s with passive waiting (0.5 s with
-# 1 thread). This must be set before torch loads OpenMP, hence here; an explicit user setting wins.
+# OpenMP threads that spin while waiting turn a shared 2-core machine into a crawl: a 2-thread U-Net
+# training step next to two other jobs takes 8.0 s spinning vs 0.26 s passive (benchmarks/threads.py).
+# This must be set before torch loads OpenMP, hence here; an explicit user setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 try:
