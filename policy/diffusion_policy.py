@@ -181,11 +181,19 @@ class DiffusionPolicy(nn.Module):
         start = self.cfg.n_obs_steps - 1
         return self.predict_full_chunk(obs, noise, sampler, generator)[:, start : start + self.cfg.n_action_steps]
 
-    def reset(self) -> None:
-        """Forget the observation history and queued actions (call at the start of every episode)."""
-        self._runner = RecedingHorizon(self._predict_numpy, self.cfg.n_obs_steps, self.cfg.n_action_steps)
+    def reset(self, generator: torch.Generator | None = None) -> None:
+        """Forget the observation history and queued actions (call at the start of every episode).
 
-    def select_action(self, obs: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        `generator` draws this episode's sampling noise (None: torch's global RNG).
+        """
+
+        def predict(history: dict[str, np.ndarray]) -> np.ndarray:
+            obs = {k: torch.as_tensor(v, device=self.device) for k, v in history.items()}
+            return self.predict_action_chunk(obs, generator=generator).cpu().numpy()
+
+        self._runner = RecedingHorizon(predict, self.cfg.n_obs_steps, self.cfg.n_action_steps)
+
+    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
         """One control tick: raw obs {key: (B, *shape)} of the current step -> raw action (B, Da).
 
         Keeps the last n_obs_steps observations and a queue of actions; a new chunk is predicted (with
@@ -193,13 +201,8 @@ class DiffusionPolicy(nn.Module):
         """
         if getattr(self, "_runner", None) is None:
             self.reset()
-        self._generator = generator
         numpy_obs = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in obs.items()}
         return torch.as_tensor(self._runner.select_action(numpy_obs))
-
-    def _predict_numpy(self, history: dict[str, np.ndarray]) -> np.ndarray:
-        obs = {k: torch.as_tensor(v, device=self.device) for k, v in history.items()}
-        return self.predict_action_chunk(obs, generator=getattr(self, "_generator", None)).cpu().numpy()
 
     def config_dict(self) -> dict[str, Any]:
         return {
