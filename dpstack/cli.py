@@ -28,6 +28,11 @@ COMMANDS = [
     Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
     Command(("train",), "dpstack.commands.train", "train a Diffusion Policy on an episode store"),
     Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
+    Command(
+        ("rti", "calibrate"),
+        "dpstack.commands.rti_calibrate",
+        "pick the RTI warm-start timestep offline from a dataset",
+    ),
     Command(("dataset", "info"), "dpstack.commands.dataset_info", "print a JSON summary of an episode store"),
     Command(
         ("dataset", "import", "robomimic"),

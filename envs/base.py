@@ -23,6 +23,7 @@ class Feature:
     shape: tuple[int, ...]
     dtype: str = "float32"
     normalize: str = "minmax"  # a mode of policy.normalizer: minmax | image | identity
+    discrete_dims: tuple[int, ...] = ()  # dims that take a few discrete values (a gripper open/close)
 
     def space(self, low: float = -np.inf, high: float = np.inf) -> gym.spaces.Box:
         if self.dtype == "uint8":

@@ -69,7 +69,7 @@ class RobosuiteEnv(TaskEnv):
     """A robosuite manipulation task with robomimic-style observations (see the module docstring)."""
 
     control_hz = 20.0
-    action_feature = Feature((7,))
+    action_feature = Feature((7,), discrete_dims=(6,))  # the gripper
     action_low = -np.ones(7, np.float32)
     action_high = np.ones(7, np.float32)
 

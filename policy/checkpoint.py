@@ -89,6 +89,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: not a checkpoint (no config.json here or in checkpoints/latest)")
 
 
+def _feature(entry: dict[str, Any]) -> Feature:
+    """A Feature from its config.json entry (lists back to tuples)."""
+    return Feature(**{**entry, "shape": tuple(entry["shape"]), "discrete_dims": tuple(entry.get("discrete_dims", ()))})
+
+
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the policy from config.json and load model.safetensors (strict: every tensor must match)."""
     from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
@@ -102,13 +107,8 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> torch.n
         )
     try:
         policy_cfg = PolicyConfig(**config["policy"])
-        obs_features = {
-            k: Feature(tuple(v["shape"]), v["dtype"], v["normalize"]) for k, v in config["obs_features"].items()
-        }
-        action = config["action_feature"]
-        policy = DiffusionPolicy(
-            policy_cfg, obs_features, Feature(tuple(action["shape"]), action["dtype"], action["normalize"])
-        )
+        obs_features = {k: _feature(v) for k, v in config["obs_features"].items()}
+        policy = DiffusionPolicy(policy_cfg, obs_features, _feature(config["action_feature"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / 'config.json'}: invalid policy config ({exc})") from exc
     state = read_tensors(directory / "model.safetensors")

@@ -25,9 +25,11 @@ from policy.denoisers import unet1d as unet_presets
 from policy.encoders import ObservationEncoder
 from policy.execution import RecedingHorizon
 from policy.normalizer import Normalizer
-from policy.samplers import ChunkSampler, make_sampler
+from policy.samplers import Sampler, SamplerConfig, SamplerState, StreamLayout, build_sampler
+from policy.samplers.streaming import streaming_training_timesteps
 from policy.schedulers import NoiseSchedule
 
+NOISE_MODES = ("constant", "streaming")
 _PRESETS = {"unet": unet_presets.PRESETS, "transformer": transformer_presets.PRESETS, "mlp": mlp_presets.PRESETS}
 
 
@@ -44,8 +46,10 @@ class PolicyConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     clip_sample: bool = True
-    sampler: str = "ddpm"  # default sampler at inference: ddpm | ddim
-    num_inference_steps: int | None = None  # None: all training levels for ddpm, 10 for ddim
+    sampler: str = "ddpm"  # default sampler at inference: ddpm | ddim | streaming | rti
+    num_inference_steps: int | None = None  # None: the sampler's default (ddpm: all levels, ddim: 10)
+    noise_mode: str = "constant"  # training levels: constant (one per window) | streaming (chunk-wise mix)
+    chunkwise_weight: float = 0.8  # streaming mode: share of windows with chunk-wise rising levels
     crop_fraction: float = 0.9  # image random-crop size (training) / centre crop (inference)
     denoiser_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
 
@@ -64,6 +68,14 @@ class PolicyConfig:
                 f"need 1 <= n_obs_steps <= horizon and 1 <= n_action_steps <= horizon - n_obs_steps + 1, got "
                 f"horizon={self.horizon}, n_obs_steps={self.n_obs_steps}, n_action_steps={self.n_action_steps}"
             )
+
+        if self.noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
+        if self.noise_mode == "streaming" or self.sampler == "streaming":
+            self.stream_layout()  # raises if the window does not split into chunks
+
+    def stream_layout(self) -> StreamLayout:
+        return StreamLayout(self.horizon, self.n_obs_steps - 1, self.n_action_steps)
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(
@@ -139,7 +151,11 @@ class DiffusionPolicy(nn.Module):
         batch_size = action.shape[0]
         if noise is None:
             noise = torch.randn_like(action)
-        if timesteps is None:
+        if timesteps is None and self.cfg.noise_mode == "streaming":
+            timesteps = streaming_training_timesteps(
+                self.cfg.stream_layout(), self.schedule.num_train_timesteps, batch_size, self.cfg.chunkwise_weight
+            ).to(action.device)
+        elif timesteps is None:
             timesteps = torch.randint(0, self.schedule.num_train_timesteps, (batch_size,), device=action.device)
         noisy = self.schedule.add_noise(action, noise, timesteps)
         prediction = self.denoiser(noisy, timesteps, cond)
@@ -147,57 +163,81 @@ class DiffusionPolicy(nn.Module):
         return loss, {"loss": float(loss.detach())}
 
     # ------------------------------------------------------------------ acting
-    def default_sampler(self) -> ChunkSampler:
-        return make_sampler(self.cfg.sampler, self.schedule, self.cfg.num_inference_steps)
+    def make_sampler(self, cfg: SamplerConfig | str | None = None) -> Sampler:
+        """A sampler laid out for this policy's window; None or a name without options: the policy's default."""
+        if cfg is None or isinstance(cfg, str):
+            cfg = SamplerConfig(name=cfg)
+        if cfg.name is None:
+            cfg = SamplerConfig(**{**vars(cfg), "name": self.cfg.sampler})
+            if cfg.num_inference_steps is None:
+                cfg.num_inference_steps = self.cfg.num_inference_steps
+        return build_sampler(
+            cfg,
+            self.schedule,
+            self.cfg.horizon,
+            self.cfg.n_obs_steps,
+            self.cfg.n_action_steps,
+            self.action_feature.discrete_dims,
+        )
+
+    def default_sampler(self) -> Sampler:
+        return self.make_sampler()
+
+    def actions_per_tick(self, sampler: Sampler) -> int:
+        return sampler.actions_per_tick or self.cfg.n_action_steps
 
     @torch.no_grad()
-    def predict_full_chunk(
+    def sample_tick(
         self,
         obs: Mapping[str, torch.Tensor],
+        sampler: Sampler,
+        state: SamplerState = None,
         noise: torch.Tensor | None = None,
-        sampler: ChunkSampler | None = None,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """All `horizon` predicted actions, raw units: (B, horizon, Da)."""
-        sampler = sampler or self.default_sampler()
+    ) -> tuple[torch.Tensor, SamplerState]:
+        """One control tick: raw obs (B, n_obs_steps, ...) -> (actions, new sampler state).
+
+        The actions (B, A, Da) are raw and start at the last observed step; A >= the sampler's actions
+        per tick (chunk samplers return all horizon - n_obs_steps + 1). `state` None starts an episode.
+        """
         cond = self.condition(obs)
-        shape = sampler.noise_shape(cond.shape[0], self.cfg.horizon, self.action_dim)
+        shape = sampler.noise_shape(cond.shape[0], self.cfg.horizon, self.action_dim, state)
         if noise is None:
             noise = torch.randn(shape, generator=generator, device=cond.device if generator is None else "cpu").to(
                 cond.device
             )
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape} for sampler {sampler.name}, got {tuple(noise.shape)}")
-        return self.normalizer.unnormalize("action", sampler.sample(self.denoiser, cond, noise))
+        chunk, state = sampler.tick(self.denoiser, cond, state, noise)
+        return self.normalizer.unnormalize("action", chunk[:, self.cfg.n_obs_steps - 1 :]), state
 
     def predict_action_chunk(
         self,
         obs: Mapping[str, torch.Tensor],
         noise: torch.Tensor | None = None,
-        sampler: ChunkSampler | None = None,
+        sampler: Sampler | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """The executable actions: (B, n_action_steps, Da) raw, starting at the last observed step."""
-        start = self.cfg.n_obs_steps - 1
-        return self.predict_full_chunk(obs, noise, sampler, generator)[:, start : start + self.cfg.n_action_steps]
+        """A fresh chunk (an episode's first tick of `sampler`): raw actions (B, n_action_steps, Da)."""
+        actions, _ = self.sample_tick(obs, sampler or self.default_sampler(), None, noise, generator)
+        return actions[:, : self.cfg.n_action_steps]
 
-    def reset(self, generator: torch.Generator | None = None) -> None:
-        """Forget the observation history and queued actions (call at the start of every episode).
+    def session(self, sampler: Sampler | None = None, generator: torch.Generator | None = None) -> PolicySession:
+        return PolicySession(self, sampler or self.default_sampler(), generator)
+
+    def reset(self, generator: torch.Generator | None = None, sampler: Sampler | None = None) -> None:
+        """Forget the observation history, queued actions and sampler state (call at every episode start).
 
         `generator` draws this episode's sampling noise (None: torch's global RNG).
         """
-
-        def predict(history: dict[str, np.ndarray]) -> np.ndarray:
-            obs = {k: torch.as_tensor(v, device=self.device) for k, v in history.items()}
-            return self.predict_action_chunk(obs, generator=generator).cpu().numpy()
-
-        self._runner = RecedingHorizon(predict, self.cfg.n_obs_steps, self.cfg.n_action_steps)
+        session = self.session(sampler, generator)
+        self._runner = RecedingHorizon(session, self.cfg.n_obs_steps, session.actions_per_tick)
 
     def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
         """One control tick: raw obs {key: (B, *shape)} of the current step -> raw action (B, Da).
 
-        Keeps the last n_obs_steps observations and a queue of actions; a new chunk is predicted (with
-        the default sampler) only when the queue is empty. The caller's dict is not modified.
+        Keeps the last n_obs_steps observations, a queue of actions and the sampler's state; the
+        sampler runs when the queue is empty. The caller's dict is not modified.
         """
         if getattr(self, "_runner", None) is None:
             self.reset()
@@ -210,3 +250,26 @@ class DiffusionPolicy(nn.Module):
             "obs_features": {k: asdict(f) for k, f in self.obs_features.items()},
             "action_feature": asdict(self.action_feature),
         }
+
+
+class PolicySession:
+    """One episode of acting with a torch policy: the sampler's state, the noise generator, an NFE count.
+
+    Callable as `RecedingHorizon`'s chunk source: history {key: (B, To, ...)} numpy -> actions
+    (B, A, Da) numpy starting at the current step. `reset()` starts a new episode.
+    """
+
+    def __init__(self, policy: DiffusionPolicy, sampler: Sampler, generator: torch.Generator | None = None) -> None:
+        self.policy, self.sampler, self.generator = policy, sampler, generator
+        self.actions_per_tick = policy.actions_per_tick(sampler)
+        self.network_evaluations = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.state: SamplerState = None
+
+    def __call__(self, history: Mapping[str, np.ndarray]) -> np.ndarray:
+        obs = {k: torch.as_tensor(v, device=self.policy.device) for k, v in history.items()}
+        self.network_evaluations += self.sampler.nfe(self.state)
+        actions, self.state = self.policy.sample_tick(obs, self.sampler, self.state, generator=self.generator)
+        return actions.cpu().numpy()

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.registry import TaskConfig
-from policy.execution import ChunkFn, RecedingHorizon
+from policy.execution import ChunkFn, ChunkSource, RecedingHorizon
 
 EXTRA_INFO_KEYS = ("max_coverage", "return")
 
@@ -42,23 +42,27 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
 
 def run_episodes(
     task: TaskConfig,
-    predict_chunk: ChunkFn,
+    predict_chunk: ChunkSource | ChunkFn,
     n_obs_steps: int,
-    n_action_steps: int,
+    actions_per_tick: int,
     episodes: int,
     seed: int,
     num_envs: int = 1,
     video_dir: Path | None = None,
     videos: int = 2,
     progress: bool = False,
+    latency_steps: int = 0,
 ) -> dict[str, Any]:
-    """Run `episodes` episodes; returns per-episode results and per-tick latencies (ms)."""
+    """Run `episodes` episodes; returns per-episode results and per-tick latencies (ms).
+
+    `predict_chunk` is reset (if it has `reset()`) at the start of every wave of episodes.
+    """
     num_envs = max(1, min(num_envs, episodes))
     if num_envs == 1:
         envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([_make(task)])
     else:
         envs = gym.vector.AsyncVectorEnv([_make(task)] * num_envs, context="spawn")
-    controller = RecedingHorizon(predict_chunk, n_obs_steps, n_action_steps)
+    controller = RecedingHorizon(predict_chunk, n_obs_steps, actions_per_tick, latency_steps)
     results: list[dict[str, Any]] = []
     ticks_ms: list[float] = []
     inference_ms: list[float] = []
@@ -147,19 +151,6 @@ def write_eval(out_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def torch_chunk_fn(policy: Any, sampler: Any, seed: int) -> ChunkFn:
-    """predict_chunk for a PyTorch policy; noise comes from one generator seeded by `seed`."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-
-    def predict(history: dict[str, np.ndarray]) -> np.ndarray:
-        obs = {k: torch.as_tensor(v, device=policy.device) for k, v in history.items()}
-        return policy.predict_action_chunk(obs, sampler=sampler, generator=generator).cpu().numpy()
-
-    return predict
-
-
 def evaluate_policy(
     policy: Any,
     task: TaskConfig,
@@ -170,27 +161,37 @@ def evaluate_policy(
     out_dir: Path | None = None,
     videos: int = 2,
     progress: bool = False,
+    latency_steps: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a DiffusionPolicy; writes `<out_dir>/eval.json` and videos when out_dir is given."""
+    """Evaluate a DiffusionPolicy with a sampler; writes `<out_dir>/eval.json` and videos when out_dir is given.
+
+    Sampling noise comes from one generator seeded by `seed`; `nfe_per_action` is measured (network
+    evaluations over executed ticks, the first tick of every episode included).
+    """
+    import torch
+
     sampler = sampler or policy.default_sampler()
+    session = policy.session(sampler, torch.Generator().manual_seed(seed))
     was_training = policy.training
     policy.eval()
     try:
         run = run_episodes(
             task,
-            torch_chunk_fn(policy, sampler, seed),
+            session,
             policy.cfg.n_obs_steps,
-            policy.cfg.n_action_steps,
+            session.actions_per_tick,
             episodes,
             seed,
             num_envs,
             video_dir=(out_dir / "videos") if out_dir and videos else None,
             videos=videos,
             progress=progress,
+            latency_steps=latency_steps,
         )
     finally:
         policy.train(was_training)
-    record = summarize(task, sampler.name, sampler.nfe_per_chunk / policy.cfg.n_action_steps, run, backend="torch")
+    nfe_per_action = session.network_evaluations / max(1, len(run["ticks_ms"]))
+    record = summarize(task, sampler.name, nfe_per_action, run, backend="torch", latency_steps=latency_steps)
     if out_dir is not None:
         write_eval(out_dir, record)
     return record

@@ -109,9 +109,9 @@ class DDPMScheduler:
     schedule: NoiseSchedule
     min_std: float = 0.0  # floor on the step's std (DPPO's exploration noise floor)
 
-    def timesteps(self, num_inference_steps: int | None = None) -> torch.Tensor:
+    def timesteps(self, num_inference_steps: int | None = None, spacing: str = "leading") -> torch.Tensor:
         n = num_inference_steps or self.schedule.num_train_timesteps
-        return _spaced(self.schedule.num_train_timesteps, n)
+        return spaced_timesteps(self.schedule.num_train_timesteps, n, spacing)
 
     def step(
         self,
@@ -149,8 +149,8 @@ class DDIMScheduler:
     eta: float = 0.0
     min_std: float = 0.0
 
-    def timesteps(self, num_inference_steps: int = 10) -> torch.Tensor:
-        return _spaced(self.schedule.num_train_timesteps, num_inference_steps)
+    def timesteps(self, num_inference_steps: int = 10, spacing: str = "leading") -> torch.Tensor:
+        return spaced_timesteps(self.schedule.num_train_timesteps, num_inference_steps, spacing)
 
     def step(
         self,
@@ -172,12 +172,20 @@ class DDIMScheduler:
         return StepOutput(prev, mean, sigma, x0)
 
 
-def _spaced(num_train: int, n: int) -> torch.Tensor:
-    """n descending timesteps evenly spaced over [0, num_train) ending at 0 ("leading" spacing)."""
+def spaced_timesteps(num_train: int, n: int, spacing: str = "leading") -> torch.Tensor:
+    """n descending timesteps evenly spaced over [0, num_train).
+
+    "leading" (Diffusion Policy's DDIM): multiples of num_train // n, ending at 0, e.g. 90, 80, ..., 0.
+    "trailing": floor((i + 1) num_train / n) - 1, starting at num_train - 1, e.g. 99, 89, ..., 9; the
+    streaming sampler uses it so that its chunk boundaries fall on floor(N (i + 1) / h) - 1.
+    """
     if not 1 <= n <= num_train:
         raise ValueError(f"num_inference_steps must be in [1, {num_train}], got {n}")
-    step = num_train // n
-    return (torch.arange(n - 1, -1, -1) * step).long()
+    if spacing == "leading":
+        return (torch.arange(n - 1, -1, -1) * (num_train // n)).long()
+    if spacing == "trailing":
+        return torch.tensor([(i + 1) * num_train // n - 1 for i in range(n - 1, -1, -1)], dtype=torch.long)
+    raise ValueError(f"spacing must be 'leading' or 'trailing', got {spacing!r}")
 
 
 def previous_timestep(timesteps: torch.Tensor, i: int) -> int:

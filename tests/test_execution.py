@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from envs.base import Feature
@@ -19,7 +20,7 @@ def test_queue_and_history() -> None:
         step = history["x"][:, -1, 0]
         return np.stack([np.stack([step * 10 + i] * 2, axis=-1) for i in range(4)], axis=1)  # (B, 4, 2)
 
-    runner = RecedingHorizon(predict, n_obs_steps=2, n_action_steps=3)
+    runner = RecedingHorizon(predict, n_obs_steps=2, actions_per_tick=3)
     actions = []
     for t in range(7):
         obs = {"x": np.full((1, 1), float(t))}
@@ -46,10 +47,32 @@ def test_policy_select_action_uses_the_shared_runner() -> None:
         normalizer,
     ).eval()
     calls = []
-    original = policy.predict_action_chunk
-    policy.predict_action_chunk = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = policy.sample_tick
+    policy.sample_tick = lambda *a, **k: calls.append(1) or original(*a, **k)
     policy.reset()
     obs = {"state": torch.zeros(2, 3)}
     actions = [policy.select_action(obs) for _ in range(9)]
     assert all(a.shape == (2, 2) for a in actions) and len(calls) == 3
     assert torch.equal(obs["state"], torch.zeros(2, 3))
+
+
+def test_latency_aware_execution_drops_stale_actions_and_never_runs_dry() -> None:
+    """A chunk computed at tick tau holds, at index i, the action meant for tick tau + i."""
+    requested_at = []
+
+    def predict(history):
+        tau = history["t"][:, -1, 0]
+        requested_at.append(int(tau[0]))
+        return np.stack([np.stack([tau + i], axis=-1) for i in range(10)], axis=1)  # (B, 10, 1)
+
+    runner = RecedingHorizon(predict, n_obs_steps=2, actions_per_tick=4, latency_steps=2)
+    executed = [float(runner.select_action({"t": np.full((1, 1), float(t))})[0, 0]) for t in range(14)]
+    assert executed == list(range(14))  # every tick gets the action meant for it
+    assert requested_at == [0, 2, 6, 10]  # requested while 2 actions were still queued
+    with pytest.raises(ValueError, match="latency_steps"):
+        RecedingHorizon(predict, 2, actions_per_tick=4, latency_steps=4)
+    short = RecedingHorizon(lambda h: np.zeros((1, 5, 1)), 2, actions_per_tick=4, latency_steps=2)
+    short.select_action({"t": np.zeros((1, 1))})
+    short.select_action({"t": np.zeros((1, 1))})
+    with pytest.raises(ValueError, match=r"A >= 6 \(latency 2 \+ 4 actions per tick\)"):
+        short.select_action({"t": np.zeros((1, 1))})

@@ -124,7 +124,7 @@ def test_trained_policy_beats_random_actions(maze_store: Path, tmp_path: Path) -
         "tick_ms_p99",
     ):
         assert key in saved
-    assert saved["seeds"] == list(range(100000, 100008)) and saved["nfe_per_action"] == 10 / 8
+    assert saved["seeds"] == list(range(100000, 100008)) and 10 / 8 <= saved["nfe_per_action"] < 10 / 8 * 1.2
     assert saved["videos"] and Path(saved["videos"][0]).stat().st_size > 1000
 
 

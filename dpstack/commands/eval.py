@@ -2,14 +2,17 @@
 
 Episode i runs on seed `seed + i` (default: the task's evaluation seed, 100000 for Push-T) in
 `num_envs` parallel environments. eval.json holds task, sampler, episodes, seeds, success_rate,
-mean_score, nfe_per_action (network evaluations per executed action), tick_ms_p50/p99 and per-episode
-results. threads=1 is fastest for batch-1 control on a shared CPU.
+mean_score, nfe_per_action (measured network evaluations per executed action), tick_ms_p50/p99 and
+per-episode results. `sampler=<name>` picks configs/sampler/<name>.yaml; its options are overridden as
+`sampler.<key>=value` (e.g. sampler=rti sampler.timesteps=[3,1,0]). threads=1 is fastest for batch-1 control on a shared CPU.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from policy.samplers import SamplerConfig
 
 CONFIG_NAME = "eval"
 
@@ -20,8 +23,13 @@ class Config:
     out: str = field(default="???", metadata={"help": "directory for eval.json and videos"})
     episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)"})
     seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)"})
-    sampler: str | None = field(default=None, metadata={"help": "ddpm | ddim (default: the policy's)"})
-    num_inference_steps: int | None = field(default=None, metadata={"help": "denoising steps (ddpm: 100, ddim: 10)"})
+    sampler: SamplerConfig = field(
+        default_factory=SamplerConfig,
+        metadata={"help": "sampler=ddpm|ddim|streaming|rti (default: the policy's); options as sampler.<key>=..."},
+    )
+    latency_steps: int = field(
+        default=0, metadata={"help": "ticks between an observation and its chunk taking effect (latency-aware)"}
+    )
     num_envs: int = field(default=2, metadata={"help": "parallel environments"})
     videos: int = field(default=2, metadata={"help": "episodes to save as videos"})
     threads: int = field(default=1, metadata={"help": "torch intra-op threads"})
@@ -32,24 +40,32 @@ class Config:
 def run(cfg: Config) -> int:
     import torch
 
+    from dpstack.errors import ConfigError
     from envs.registry import TaskConfig
     from policy.checkpoint import CheckpointError, load_policy
     from policy.evaluate import evaluate_policy
-    from policy.samplers import make_sampler
 
     torch.set_num_threads(cfg.threads)
     policy = load_policy(cfg.checkpoint, cfg.device)
     if "task" not in policy.checkpoint_config:
         raise CheckpointError(f"{cfg.checkpoint}: config.json has no 'task' entry (not written by dpstack train)")
     task = TaskConfig(**policy.checkpoint_config["task"])
-    sampler = make_sampler(
-        cfg.sampler or policy.cfg.sampler,
-        policy.schedule,
-        cfg.num_inference_steps if cfg.sampler or cfg.num_inference_steps else policy.cfg.num_inference_steps,
-    )
+    try:
+        sampler = policy.make_sampler(cfg.sampler)
+    except ValueError as exc:
+        raise ConfigError(f"sampler: {exc}") from None
     seed = task.eval_seed if cfg.seed is None else cfg.seed
     record = evaluate_policy(
-        policy, task, cfg.episodes, seed, sampler, cfg.num_envs, Path(cfg.out), cfg.videos, progress=cfg.progress
+        policy,
+        task,
+        cfg.episodes,
+        seed,
+        sampler,
+        cfg.num_envs,
+        Path(cfg.out),
+        cfg.videos,
+        progress=cfg.progress,
+        latency_steps=cfg.latency_steps,
     )
     print(
         f"{task.name} {sampler.name}: success {record['success_rate']:.2f}, mean score {record['mean_score']:.3f} "

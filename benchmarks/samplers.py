@@ -1,0 +1,121 @@
+"""Real-time samplers side by side: score, success, network evaluations per action and tick latency.
+
+One run, one task, the same seeds for every sampler, batch 1 (one robot), `threads` torch threads.
+The chunk samplers and RTI act with a standard Diffusion Policy checkpoint; streaming needs a policy
+trained with `policy.noise_mode=streaming` of the same recipe (same data, network and steps), which is
+also evaluated with DDPM-100 to show what the streaming training costs the standard sampler.
+
+    python -m benchmarks.samplers --task pusht --standard runs/pusht-unet-step10000 \
+        --streaming runs/pusht-unet-streaming --episodes 50
+
+Rows go to benchmarks/results/samplers.json (merged by task, so tasks can be run one at a time) and
+samplers.md; each evaluation's eval.json is kept under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.report import write_results
+from envs.registry import TaskConfig
+from policy.checkpoint import load_policy
+from policy.evaluate import evaluate_policy
+from policy.samplers import SamplerConfig
+
+RESULTS = Path(__file__).parent / "results"
+
+# (row label, checkpoint: "standard" | "streaming", sampler config)
+LINEUP: list[tuple[str, str, SamplerConfig]] = [
+    ("ddpm-100", "standard", SamplerConfig(name="ddpm")),
+    ("ddim-10", "standard", SamplerConfig(name="ddim", num_inference_steps=10)),
+    ("ddim-4", "standard", SamplerConfig(name="ddim", num_inference_steps=4)),
+    ("rti [2,1,0], 1 action/tick", "standard", SamplerConfig(name="rti", timesteps=[2, 1, 0], actions_per_tick=1)),
+    ("rti [2,1,0], 3 actions/tick", "standard", SamplerConfig(name="rti", timesteps=[2, 1, 0], actions_per_tick=3)),
+    ("streaming-15", "streaming", SamplerConfig(name="streaming")),
+    ("ddpm-100 (streaming-trained)", "streaming", SamplerConfig(name="ddpm")),
+]
+
+
+def run(task_name: str, checkpoints: dict[str, str], episodes: int, out: Path, only: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for label, which, sampler_cfg in LINEUP:
+        if only and label not in only:
+            continue
+        if not checkpoints.get(which):
+            print(f"skip {label}: no --{which} checkpoint")
+            continue
+        policy = load_policy(checkpoints[which])
+        task = TaskConfig(**policy.checkpoint_config["task"])
+        assert task.name == task_name, f"{checkpoints[which]} is a {task.name} policy, not {task_name}"
+        sampler = policy.make_sampler(sampler_cfg)
+        eval_dir = out / f"{task_name}-{label.replace(' ', '').replace('/', '-')}"
+        print(f"{task_name} {label}: {episodes} episodes ...", flush=True)
+        record = evaluate_policy(
+            policy, task, episodes, task.eval_seed, sampler, num_envs=1, out_dir=eval_dir, videos=0
+        )
+        row = {
+            "task": task_name,
+            "sampler": label,
+            "sampler_name": sampler.name,
+            "checkpoint": checkpoints[which],
+            "actions_per_tick": policy.actions_per_tick(sampler),
+            **{k: record[k] for k in ("episodes", "mean_score", "success_rate", "nfe_per_action")},
+            **{k: record[k] for k in ("tick_ms_p50", "tick_ms_p99", "inference_ms_p50", "mean_steps")},
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--standard", help="checkpoint of a standard (constant-noise) policy")
+    parser.add_argument("--streaming", help="checkpoint of the same recipe trained with noise_mode=streaming")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", default="", help="comma-separated row labels to run (default: all)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-samplers"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    only = [s for s in args.only.split(",") if s] if args.only else []
+    rows = run(args.task, {"standard": args.standard, "streaming": args.streaming}, args.episodes, args.out, only)
+    previous = (
+        json.loads((RESULTS / "samplers.json").read_text())["rows"] if (RESULTS / "samplers.json").exists() else []
+    )
+    done = {(r["task"], r["sampler"]) for r in rows}
+    rows = [r for r in previous if (r["task"], r["sampler"]) not in done] + rows
+    order = {label: i for i, (label, _, _) in enumerate(LINEUP)}
+    rows.sort(key=lambda r: (r["task"], order.get(r["sampler"], 99)))
+    write_results(
+        RESULTS,
+        "samplers",
+        rows,
+        [
+            ("task", "task"),
+            ("sampler", "sampler"),
+            ("mean score", "mean_score"),
+            ("success", "success_rate"),
+            ("NFE / action", "nfe_per_action"),
+            ("tick p50 ms", "tick_ms_p50"),
+            ("tick p99 ms", "tick_ms_p99"),
+            ("episodes", "episodes"),
+        ],
+        {
+            "episodes": args.episodes,
+            "threads": args.threads,
+            "batch": 1,
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
