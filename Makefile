@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench bench-data bench-experts clean
+.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -37,6 +37,12 @@ bench-data: setup
 
 bench-experts: setup
 	$(PY) -m benchmarks.experts
+
+# needs the two Push-T runs of the README's "Real-time samplers" section
+SAMPLERS_STANDARD ?= runs/pusht-unet
+SAMPLERS_STREAMING ?= runs/pusht-unet-streaming
+bench-samplers: setup
+	$(PY) -m benchmarks.samplers --task pusht --standard $(SAMPLERS_STANDARD) --streaming $(SAMPLERS_STREAMING)
 
 bench: bench-data bench-experts
 

@@ -23,29 +23,29 @@ from typing import Any
 import torch
 
 from benchmarks.report import write_results
-from envs.registry import TaskConfig
+from envs.registry import TaskConfig, action_feature
 from policy.checkpoint import load_policy
 from policy.evaluate import evaluate_policy
 from policy.samplers import SamplerConfig
 
 RESULTS = Path(__file__).parent / "results"
 
-# (row label, checkpoint: "standard" | "streaming", sampler config)
-LINEUP: list[tuple[str, str, SamplerConfig]] = [
-    ("ddpm-100", "standard", SamplerConfig(name="ddpm")),
-    ("ddim-10", "standard", SamplerConfig(name="ddim", num_inference_steps=10)),
-    ("ddim-4", "standard", SamplerConfig(name="ddim", num_inference_steps=4)),
-    ("rti [2,1,0], 1 action/tick", "standard", SamplerConfig(name="rti", timesteps=[2, 1, 0], actions_per_tick=1)),
-    ("rti [2,1,0], 3 actions/tick", "standard", SamplerConfig(name="rti", timesteps=[2, 1, 0], actions_per_tick=3)),
-    ("streaming-15", "streaming", SamplerConfig(name="streaming")),
-    ("ddpm-100 (streaming-trained)", "streaming", SamplerConfig(name="ddpm")),
-]
+# key -> (row label, checkpoint: "standard" | "streaming", sampler config)
+LINEUP: dict[str, tuple[str, str, SamplerConfig]] = {
+    "ddpm-100": ("ddpm-100", "standard", SamplerConfig(name="ddpm")),
+    "ddim-10": ("ddim-10", "standard", SamplerConfig(name="ddim", num_inference_steps=10)),
+    "ddim-4": ("ddim-4", "standard", SamplerConfig(name="ddim", num_inference_steps=4)),
+    "rti-1": ("rti [2,1,0], 1 action/tick", "standard", SamplerConfig(name="rti", actions_per_tick=1)),
+    "rti-3": ("rti [2,1,0], 3 actions/tick", "standard", SamplerConfig(name="rti", actions_per_tick=3)),
+    "streaming": ("streaming-15, 5 actions/tick", "streaming", SamplerConfig(name="streaming")),
+    "streaming-ddpm": ("ddpm-100 on the streaming-trained policy", "streaming", SamplerConfig(name="ddpm")),
+}
 
 
 def run(task_name: str, checkpoints: dict[str, str], episodes: int, out: Path, only: list[str]) -> list[dict[str, Any]]:
     rows = []
-    for label, which, sampler_cfg in LINEUP:
-        if only and label not in only:
+    for key, (label, which, sampler_cfg) in LINEUP.items():
+        if only and key not in only:
             continue
         if not checkpoints.get(which):
             print(f"skip {label}: no --{which} checkpoint")
@@ -53,8 +53,13 @@ def run(task_name: str, checkpoints: dict[str, str], episodes: int, out: Path, o
         policy = load_policy(checkpoints[which])
         task = TaskConfig(**policy.checkpoint_config["task"])
         assert task.name == task_name, f"{checkpoints[which]} is a {task.name} policy, not {task_name}"
+        if sampler_cfg.name == "rti" and sampler_cfg.discrete_dims is None:
+            # checkpoints written before actions declared discrete dims: take them from the task
+            sampler_cfg = SamplerConfig(
+                **{**vars(sampler_cfg), "discrete_dims": list(action_feature(task.name).discrete_dims)}
+            )
         sampler = policy.make_sampler(sampler_cfg)
-        eval_dir = out / f"{task_name}-{label.replace(' ', '').replace('/', '-')}"
+        eval_dir = out / f"{task_name}-{key}"
         print(f"{task_name} {label}: {episodes} episodes ...", flush=True)
         record = evaluate_policy(
             policy, task, episodes, task.eval_seed, sampler, num_envs=1, out_dir=eval_dir, videos=0
@@ -80,7 +85,7 @@ def main() -> None:
     parser.add_argument("--streaming", help="checkpoint of the same recipe trained with noise_mode=streaming")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--only", default="", help="comma-separated row labels to run (default: all)")
+    parser.add_argument("--only", default="", help=f"comma-separated rows to run, of {', '.join(LINEUP)}")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-samplers"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -91,7 +96,7 @@ def main() -> None:
     )
     done = {(r["task"], r["sampler"]) for r in rows}
     rows = [r for r in previous if (r["task"], r["sampler"]) not in done] + rows
-    order = {label: i for i, (label, _, _) in enumerate(LINEUP)}
+    order = {label: i for i, (label, _, _) in enumerate(LINEUP.values())}
     rows.sort(key=lambda r: (r["task"], order.get(r["sampler"], 99)))
     write_results(
         RESULTS,
@@ -105,6 +110,7 @@ def main() -> None:
             ("NFE / action", "nfe_per_action"),
             ("tick p50 ms", "tick_ms_p50"),
             ("tick p99 ms", "tick_ms_p99"),
+            ("inference p50 ms", "inference_ms_p50"),
             ("episodes", "episodes"),
         ],
         {

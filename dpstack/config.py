@@ -22,6 +22,7 @@ from dpstack.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 T = TypeVar("T")
+_MISSING_OPTION = re.compile(r"Could not find '([^']+/[^']+)'")
 _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'|Key '([^']+)' (?:is not in struct|not in )")
 
 
@@ -59,6 +60,11 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
                 f"unknown key '{unknown.group(1) or unknown.group(2)}' for {where}; valid keys: "
                 f"{', '.join(_valid_keys(schema))} (see --help)"
             ) from None
+        missing_option = _MISSING_OPTION.search(message)
+        if missing_option:
+            group, option = missing_option.group(1).rsplit("/", 1)
+            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+            raise ConfigError(f"unknown {group} '{option}' for {where}; choose one of: {', '.join(options)}") from None
         if isinstance(exc, MissingMandatoryValue):
             key = exc.full_key
             raise ConfigError(f"missing value for key '{key}' of {where} (give {key}=...)") from None

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dpstack.errors import ConfigError
-from envs.base import Expert, TaskEnv
+from envs.base import Expert, Feature, TaskEnv
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ def make_env(name: str, **kwargs: Any) -> TaskEnv:
     """Build task `name`; `kwargs` (e.g. image=True, max_steps=..., references) go to its env class."""
     entry = task_entry(name)
     return _load(entry.env)(**entry.env_kwargs, **kwargs)
+
+
+def action_feature(name: str) -> Feature:
+    """The task's declared action feature, without building the env (its class attribute)."""
+    return _load(task_entry(name).env).action_feature
 
 
 def make_expert(name: str, rng: np.random.Generator, noise: float = 0.0) -> Expert:

@@ -48,7 +48,8 @@ class Normalizer(nn.Module):
         self.register_buffer(f"{key}__{mode}__scale", torch.as_tensor(scale, dtype=torch.float32).clone())
         self.register_buffer(f"{key}__{mode}__offset", torch.as_tensor(offset, dtype=torch.float32).clone())
 
-    def _params(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def params(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, offset) of `key`: normalized = raw * scale + offset."""
         if key not in self.modes:
             raise KeyError(f"normalizer has no statistics for key {key!r}; it has {sorted(self.modes)}")
         mode = self.modes[key]
@@ -56,12 +57,12 @@ class Normalizer(nn.Module):
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         """Raw values (..., *row_shape) -> normalized float values of the same shape."""
-        scale, offset = self._params(key)
+        scale, offset = self.params(key)
         return x.to(scale.dtype) * scale + offset
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         """Inverse of `normalize` (returns float)."""
-        scale, offset = self._params(key)
+        scale, offset = self.params(key)
         return (x - offset) / scale
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):

@@ -213,3 +213,60 @@ def test_image_policy_trains_and_acts(tmp_path: Path) -> None:
     obs = {"image": torch.randint(0, 255, (2, 2, 96, 96, 3), dtype=torch.uint8), "agent_pos": torch.rand(2, 2, 2) * 512}
     chunk = policy.predict_action_chunk(obs, sampler=make_sampler("ddim", policy.schedule, 2))
     assert chunk.shape == (2, 8, 2) and torch.isfinite(chunk).all()
+
+
+def test_cli_streaming_training_and_realtime_samplers(maze_store: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([DPSTACK, *args], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    run(
+        "train",
+        "task=pointmaze-umaze",
+        "task.max_steps=40",
+        "policy=unet-streaming",
+        "policy.preset=tiny",
+        f"dataset={maze_store}",
+        f"out={tmp_path / 'run'}",
+        "steps=20",
+        "batch_size=16",
+        "eval_episodes=0",
+        "progress=false",
+        "threads=1",
+    )
+    common = [f"checkpoint={tmp_path / 'run'}", "episodes=1", "num_envs=1", "videos=0", "progress=false"]
+    out = run("eval", *common, f"out={tmp_path / 'stream'}").stdout  # the policy's default: streaming
+    assert "streaming-15: success" in out
+    out = run(
+        "eval",
+        *common,
+        "sampler=rti",
+        "sampler.first=ddim",
+        "sampler.num_inference_steps=4",
+        "sampler.timesteps=[1,0]",
+        f"out={tmp_path / 'rti'}",
+    ).stdout
+    assert "rti-1,0: success" in out
+    record = json.loads((tmp_path / "rti" / "eval.json").read_text())
+    assert record["nfe_per_action"] == pytest.approx((4 + 2 * 39) / 40)
+    out = run("eval", *common, "sampler=ddim", "latency_steps=2", f"out={tmp_path / 'latency'}").stdout
+    assert json.loads((tmp_path / "latency" / "eval.json").read_text())["latency_steps"] == 2
+    out = run(
+        "rti",
+        "calibrate",
+        f"checkpoint={tmp_path / 'run'}",
+        f"dataset={maze_store}",
+        "windows=8",
+        "first=ddim",
+        f"out={tmp_path / 'cal'}",
+    ).stdout
+    assert "start timestep" in out and (tmp_path / "cal" / "rti_calibration.json").is_file()
+    bad = subprocess.run([DPSTACK, "eval", *common, "sampler=fast", "out=x"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown sampler 'fast'" in bad.stderr and "streaming" in bad.stderr
+    bad = subprocess.run(
+        [DPSTACK, "eval", *common, "sampler=streaming", "sampler.num_inference_steps=16", "out=x"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "multiple of the number of chunks" in bad.stderr

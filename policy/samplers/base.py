@@ -4,6 +4,7 @@ Every sampler is a frozen dataclass (pure, shareable across threads and episodes
 
     sampler.name                       e.g. "ddpm-100", "ddim-10", "streaming-15", "rti-2,1,0"
     sampler.actions_per_tick           actions executed per tick (None: the policy's n_action_steps)
+    sampler.stateful                   whether it carries state between ticks (then its first tick differs)
     sampler.noise_shape(B, T, Da, state) -> shape of the noise one tick consumes
     sampler.nfe(state)                 network evaluations that tick costs
     sampler.tick(denoiser, cond (B, C), state, noise) -> (chunk (B, T', Da) normalized, new state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -21,6 +22,8 @@ class ChunkSampler:
     scheduler: DDPMScheduler | DDIMScheduler
     num_inference_steps: int
     actions_per_tick: int | None = None
+
+    stateful: ClassVar[bool] = False  # carries state between ticks (its first tick differs)
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ timestep offline (see its docstring).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -48,6 +49,8 @@ class RTISampler:
             raise ValueError(f"rti timesteps must be distinct, descending and in [0, {n}), got {steps}")
         if self.actions_per_tick < 1:
             raise ValueError(f"rti actions_per_tick must be >= 1, got {self.actions_per_tick}")
+
+    stateful: ClassVar[bool] = True  # carries state between ticks (its first tick differs)
 
     @property
     def name(self) -> str:

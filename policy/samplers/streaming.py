@@ -22,6 +22,7 @@ prefix at 0 (clean); otherwise one constant level over the window (standard Diff
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -94,6 +95,8 @@ class StreamingSampler:
                 f"streaming: num_inference_steps ({self.num_inference_steps}) must be a multiple of the number of "
                 f"chunks ({self.layout.n_chunks} chunks of {self.layout.chunk} actions)"
             )
+
+    stateful: ClassVar[bool] = True  # carries state between ticks (its first tick differs)
 
     @property
     def name(self) -> str:
