@@ -28,6 +28,7 @@ COMMANDS = [
     Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
     Command(("train",), "dpstack.commands.train", "train a Diffusion Policy on an episode store"),
     Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
+    Command(("export",), "dpstack.commands.export", "export a policy + sampler to ONNX (policy.onnx, policy.json)"),
     Command(
         ("rti", "calibrate"),
         "dpstack.commands.rti_calibrate",

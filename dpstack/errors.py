@@ -15,3 +15,7 @@ class ConfigError(UserError, ValueError):
 
 class StoreError(UserError, ValueError):
     """An episode store (or a file being imported into one) that is missing, corrupt or inconsistent."""
+
+
+class ModelError(UserError, ValueError):
+    """An exported model directory (policy.json + .onnx) that is missing, corrupt, or does not match its inputs."""

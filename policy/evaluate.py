@@ -151,6 +151,45 @@ def write_eval(out_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def evaluate_source(
+    source: Any,
+    n_obs_steps: int,
+    sampler_name: str,
+    task: TaskConfig,
+    episodes: int,
+    seed: int,
+    num_envs: int = 1,
+    out_dir: Path | None = None,
+    videos: int = 2,
+    progress: bool = False,
+    latency_steps: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Evaluate a chunk source that counts its work (`actions_per_tick`, `network_evaluations`, `reset()`).
+
+    Writes `<out_dir>/eval.json` and videos when out_dir is given. `nfe_per_action` is measured: the
+    network evaluations that ran over the executed ticks, each episode's first tick included.
+    """
+    run = run_episodes(
+        task,
+        source,
+        n_obs_steps,
+        source.actions_per_tick,
+        episodes,
+        seed,
+        num_envs,
+        video_dir=(out_dir / "videos") if out_dir and videos else None,
+        videos=videos,
+        progress=progress,
+        latency_steps=latency_steps,
+    )
+    nfe_per_action = source.network_evaluations / max(1, len(run["ticks_ms"]))
+    record = summarize(task, sampler_name, nfe_per_action, run, latency_steps=latency_steps, **extra)
+    if out_dir is not None:
+        write_eval(out_dir, record)
+    return record
+
+
 def evaluate_policy(
     policy: Any,
     task: TaskConfig,
@@ -163,11 +202,7 @@ def evaluate_policy(
     progress: bool = False,
     latency_steps: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate a DiffusionPolicy with a sampler; writes `<out_dir>/eval.json` and videos when out_dir is given.
-
-    Sampling noise comes from one generator seeded by `seed`; `nfe_per_action` is measured (network
-    evaluations over executed ticks, the first tick of every episode included).
-    """
+    """Evaluate a DiffusionPolicy with a sampler (default: the policy's); noise from a generator seeded by `seed`."""
     import torch
 
     sampler = sampler or policy.default_sampler()
@@ -175,23 +210,53 @@ def evaluate_policy(
     was_training = policy.training
     policy.eval()
     try:
-        run = run_episodes(
-            task,
+        return evaluate_source(
             session,
             policy.cfg.n_obs_steps,
-            session.actions_per_tick,
+            sampler.name,
+            task,
             episodes,
             seed,
             num_envs,
-            video_dir=(out_dir / "videos") if out_dir and videos else None,
-            videos=videos,
-            progress=progress,
-            latency_steps=latency_steps,
+            out_dir,
+            videos,
+            progress,
+            latency_steps,
+            backend="torch",
         )
     finally:
         policy.train(was_training)
-    nfe_per_action = session.network_evaluations / max(1, len(run["ticks_ms"]))
-    record = summarize(task, sampler.name, nfe_per_action, run, backend="torch", latency_steps=latency_steps)
-    if out_dir is not None:
-        write_eval(out_dir, record)
-    return record
+
+
+def evaluate_exported(
+    model_dir: str | Path,
+    task: TaskConfig,
+    episodes: int,
+    seed: int,
+    num_envs: int = 1,
+    out_dir: Path | None = None,
+    videos: int = 2,
+    progress: bool = False,
+    latency_steps: int = 0,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """`evaluate_policy` through the PyTorch-free runtime on a `dpstack export` directory."""
+    from policy.runtime import OnnxPolicy
+
+    runtime = OnnxPolicy(model_dir, threads=threads, seed=seed)
+    return evaluate_source(
+        runtime,
+        runtime.n_obs_steps,
+        runtime.meta["sampler"]["name"],
+        task,
+        episodes,
+        seed,
+        num_envs,
+        out_dir,
+        videos,
+        progress,
+        latency_steps,
+        backend="onnx",
+        model=str(model_dir),
+        weights_sha256=runtime.meta["weights_sha256"],
+    )

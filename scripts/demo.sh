@@ -17,13 +17,19 @@ $dpstack collect task=pusht episodes="$episodes" out="$out/pusht.zarr" workers=2
 echo "== 2. inspect the episode store"
 $dpstack dataset info "$out/pusht.zarr" | head -n 8
 
-echo "== 3. train a small U-Net Diffusion Policy for $steps steps"
+echo "== 3. train a small streaming U-Net Diffusion Policy for $steps steps"
 rm -rf "$out/run"
-$dpstack train task=pusht policy=unet dataset="$out/pusht.zarr" out="$out/run" steps="$steps" \
+$dpstack train task=pusht policy=unet-streaming dataset="$out/pusht.zarr" out="$out/run" steps="$steps" \
   warmup_steps=50 val_every=100 checkpoint_every=100 eval_episodes=0 progress=false
 
-echo "== 4. evaluate it in closed loop (DDIM 10 steps, $eval_episodes episodes from seed 100000)"
-$dpstack eval checkpoint="$out/run" episodes="$eval_episodes" sampler=ddim out="$out/eval" videos=1 progress=false
+echo "== 4. evaluate it in closed loop: DDIM-10, then the streaming sampler ($eval_episodes episodes from seed 100000)"
+$dpstack eval checkpoint="$out/run" episodes="$eval_episodes" sampler=ddim out="$out/eval-ddim" videos=1 progress=false
+$dpstack eval checkpoint="$out/run" episodes="$eval_episodes" sampler=streaming out="$out/eval" videos=1 progress=false
 
-echo "demo finished: store $out/pusht.zarr, run $out/run (loss_curve.png), eval $out/eval (eval.json, videos/)"
+echo "== 5. export it to ONNX (streaming, 3 levels: one network call per 5-action tick) and evaluate it without PyTorch"
+rm -rf "$out/onnx"
+$dpstack export checkpoint="$out/run" sampler=streaming sampler.num_inference_steps=3 out="$out/onnx"
+$dpstack eval checkpoint="$out/onnx" backend=onnx episodes="$eval_episodes" out="$out/eval-onnx" videos=0 progress=false
+
+echo "demo finished: store $out/pusht.zarr, run $out/run (loss_curve.png), evals $out/eval* (eval.json, videos/), ONNX $out/onnx"
 echo "(a few hundred steps on 20 demos is a smoke run; see README 'Results and training budget' for real numbers)"

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.collect import collect
+from envs.registry import load_task_config
 from policy.data.store import EpisodeStore
+from policy.diffusion_policy import PolicyConfig
+from policy.train import TrainConfig
+
+MAZE = load_task_config("pointmaze-umaze", ["max_steps=150"])
 
 
 def make_episode(index: int, length: int, image: bool = False) -> dict[str, np.ndarray]:
@@ -31,3 +37,31 @@ def small_store(tmp_path: Path) -> EpisodeStore:
     for index, length in enumerate([5, 3, 7]):
         store.append_episode(make_episode(index, length, image=True))
     return store
+
+
+@pytest.fixture(scope="session")
+def maze_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 expert PointMaze U-maze episodes (150-step limit), shared by the training and export tests."""
+    path = tmp_path_factory.mktemp("maze") / "maze.zarr"
+    collect(MAZE, episodes=30, out=path, progress=False)
+    return path
+
+
+def train_config(store: Path, out: Path, **kwargs) -> TrainConfig:
+    """A short, quiet single-thread training run on `store` (MLP policy unless `policy=` is given)."""
+    policy = kwargs.pop("policy", PolicyConfig(denoiser="mlp", preset="small"))
+    base = dict(
+        task=MAZE,
+        policy=policy,
+        dataset=str(store),
+        out=str(out),
+        steps=60,
+        batch_size=32,
+        warmup_steps=10,
+        eval_episodes=0,
+        val_every=30,
+        checkpoint_every=30,
+        progress=False,
+        threads=1,
+    )
+    return TrainConfig(**{**base, **kwargs})

@@ -18,36 +18,11 @@ from policy.checkpoint import CheckpointError, load_policy
 from policy.diffusion_policy import PolicyConfig
 from policy.evaluate import evaluate_policy, run_episodes
 from policy.samplers import make_sampler
-from policy.train import EpochSampler, TrainConfig, ema_decay, lr_factor, train
+from policy.train import EpochSampler, ema_decay, lr_factor, train
+from tests.conftest import MAZE
+from tests.conftest import train_config as _config
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
-MAZE = load_task_config("pointmaze-umaze", ["max_steps=150"])
-
-
-@pytest.fixture(scope="module")
-def maze_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("maze") / "maze.zarr"
-    collect(MAZE, episodes=30, out=path, progress=False)
-    return path
-
-
-def _config(store: Path, out: Path, **kwargs) -> TrainConfig:
-    policy = kwargs.pop("policy", PolicyConfig(denoiser="mlp", preset="small"))
-    base = dict(
-        task=MAZE,
-        policy=policy,
-        dataset=str(store),
-        out=str(out),
-        steps=60,
-        batch_size=32,
-        warmup_steps=10,
-        eval_episodes=0,
-        val_every=30,
-        checkpoint_every=30,
-        progress=False,
-        threads=1,
-    )
-    return TrainConfig(**{**base, **kwargs})
 
 
 def test_schedule_pieces() -> None:

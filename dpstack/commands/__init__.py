@@ -1,1 +1,21 @@
-"""One module per CLI command: a `Config` dataclass (schema + help), `CONFIG_NAME`, and `run(cfg)`."""
+"""One module per `dpstack` command: CONFIG_NAME, a Config dataclass (the schema) and run(cfg)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_policy_and_sampler(checkpoint: str, sampler_cfg: Any, device: str = "cpu") -> tuple[Any, Any, Any]:
+    """(policy, its TaskConfig, the sampler `sampler_cfg` names) for a command that acts with a checkpoint."""
+    from dpstack.errors import ConfigError
+    from envs.registry import TaskConfig
+    from policy.checkpoint import CheckpointError, load_policy
+
+    policy = load_policy(checkpoint, device)
+    if "task" not in policy.checkpoint_config:
+        raise CheckpointError(f"{checkpoint}: config.json has no 'task' entry (not written by dpstack train)")
+    try:
+        sampler = policy.make_sampler(sampler_cfg)
+    except ValueError as exc:
+        raise ConfigError(f"sampler: {exc}") from None
+    return policy, TaskConfig(**policy.checkpoint_config["task"]), sampler

@@ -19,13 +19,19 @@ CONFIG_NAME = "eval"
 
 @dataclass
 class Config:
-    checkpoint: str = field(default="???", metadata={"help": "training run dir or checkpoint dir"})
+    checkpoint: str = field(
+        default="???", metadata={"help": "training run dir, checkpoint dir, or (backend=onnx) a `dpstack export` dir"}
+    )
     out: str = field(default="???", metadata={"help": "directory for eval.json and videos"})
     episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)"})
     seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)"})
     sampler: SamplerConfig = field(
         default_factory=SamplerConfig,
         metadata={"help": "sampler=ddpm|ddim|streaming|rti (default: the policy's); options as sampler.<key>=..."},
+    )
+    backend: str = field(
+        default="torch",
+        metadata={"help": "torch | onnx (exports the checkpoint to <out>/onnx unless it is an export dir)"},
     )
     latency_steps: int = field(
         default=0, metadata={"help": "ticks between an observation and its chunk taking effect (latency-aware)"}
@@ -40,20 +46,16 @@ class Config:
 def run(cfg: Config) -> int:
     import torch
 
+    from dpstack.commands import load_policy_and_sampler
     from dpstack.errors import ConfigError
-    from envs.registry import TaskConfig
-    from policy.checkpoint import CheckpointError, load_policy
     from policy.evaluate import evaluate_policy
 
     torch.set_num_threads(cfg.threads)
-    policy = load_policy(cfg.checkpoint, cfg.device)
-    if "task" not in policy.checkpoint_config:
-        raise CheckpointError(f"{cfg.checkpoint}: config.json has no 'task' entry (not written by dpstack train)")
-    task = TaskConfig(**policy.checkpoint_config["task"])
-    try:
-        sampler = policy.make_sampler(cfg.sampler)
-    except ValueError as exc:
-        raise ConfigError(f"sampler: {exc}") from None
+    if cfg.backend not in ("torch", "onnx"):
+        raise ConfigError(f"backend must be torch or onnx, got {cfg.backend!r}")
+    if cfg.backend == "onnx":
+        return _run_onnx(cfg)
+    policy, task, sampler = load_policy_and_sampler(cfg.checkpoint, cfg.sampler, cfg.device)
     seed = task.eval_seed if cfg.seed is None else cfg.seed
     record = evaluate_policy(
         policy,
@@ -67,10 +69,44 @@ def run(cfg: Config) -> int:
         progress=cfg.progress,
         latency_steps=cfg.latency_steps,
     )
-    print(
-        f"{task.name} {sampler.name}: success {record['success_rate']:.2f}, mean score {record['mean_score']:.3f} "
-        f"over {record['episodes']} episodes (seeds {seed}..{seed + cfg.episodes - 1}); "
-        f"{record['nfe_per_action']:.2f} NFE/action, tick p50 {record['tick_ms_p50']:.2f} ms, "
-        f"p99 {record['tick_ms_p99']:.1f} ms -> {Path(cfg.out) / 'eval.json'}"
-    )
+    _report(task.name, record, seed, cfg)
     return 0
+
+
+def _run_onnx(cfg: Config) -> int:
+    import json
+
+    from envs.registry import TaskConfig
+    from policy.evaluate import evaluate_exported
+
+    model_dir = Path(cfg.checkpoint)
+    if not (model_dir / "policy.json").is_file():  # a training run: export it with the chosen sampler first
+        from dpstack.commands import export
+
+        model_dir = Path(cfg.out) / "onnx"
+        export.run(export.Config(checkpoint=cfg.checkpoint, out=str(model_dir), sampler=cfg.sampler, check_ticks=0))
+    task = TaskConfig(**json.loads((model_dir / "policy.json").read_text())["task"])
+    seed = task.eval_seed if cfg.seed is None else cfg.seed
+    record = evaluate_exported(
+        model_dir,
+        task,
+        cfg.episodes,
+        seed,
+        cfg.num_envs,
+        Path(cfg.out),
+        cfg.videos,
+        cfg.progress,
+        cfg.latency_steps,
+        cfg.threads,
+    )
+    _report(task.name, record, seed, cfg)
+    return 0
+
+
+def _report(task_name: str, record: dict, seed: int, cfg: Config) -> None:
+    print(
+        f"{task_name} {record['sampler']}: success {record['success_rate']:.2f}, mean score "
+        f"{record['mean_score']:.3f} over {record['episodes']} episodes (seeds {seed}..{seed + cfg.episodes - 1}); "
+        f"{record['nfe_per_action']:.2f} NFE/action, tick p50 {record['tick_ms_p50']:.2f} ms, "
+        f"p99 {record['tick_ms_p99']:.1f} ms, {record['backend']} -> {Path(cfg.out) / 'eval.json'}"
+    )
