@@ -13,6 +13,8 @@ from dpstack import __version__
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
+        if 0 < abs(value) < 1e-3:  # parity errors and the like
+            return f"{value:.1e}"
         if abs(value) >= 100:
             return f"{value:,.0f}"
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"

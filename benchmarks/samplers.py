@@ -97,6 +97,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     only = [s for s in args.only.split(",") if s] if args.only else []
     rows = run(args.task, {"standard": args.standard, "streaming": args.streaming}, args.episodes, args.out, only)
+    merge_and_write(rows, args.episodes, args.threads)
+
+
+def merge_and_write(rows: list[dict[str, Any]], episodes: int, threads: int) -> None:
+    """Merge `rows` into benchmarks/results/samplers.json (replacing rows of the same task and sampler)."""
     previous = (
         json.loads((RESULTS / "samplers.json").read_text())["rows"] if (RESULTS / "samplers.json").exists() else []
     )
@@ -126,8 +131,8 @@ def main() -> None:
             ("episodes", "episodes"),
         ],
         {
-            "episodes": args.episodes,
-            "threads": args.threads,
+            "episodes": episodes,
+            "threads": threads,
             "batch": 1,
             "cpu": platform.processor() or platform.machine(),
             "torch": torch.__version__,
