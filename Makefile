@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers clean
+.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers bench-export clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -43,6 +43,9 @@ SAMPLERS_STANDARD ?= runs/pusht-unet
 SAMPLERS_STREAMING ?= runs/pusht-unet-streaming
 bench-samplers: setup
 	$(PY) -m benchmarks.samplers --task pusht --standard $(SAMPLERS_STANDARD) --streaming $(SAMPLERS_STREAMING)
+
+bench-export: setup
+	$(PY) -m benchmarks.export --standard $(SAMPLERS_STANDARD) --streaming $(SAMPLERS_STREAMING) --episodes 50
 
 bench: bench-data bench-experts
 
