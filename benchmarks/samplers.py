@@ -36,6 +36,11 @@ LINEUP: dict[str, tuple[str, str, SamplerConfig]] = {
     "ddim-10": ("ddim-10", "standard", SamplerConfig(name="ddim", num_inference_steps=10)),
     "ddim-4": ("ddim-4", "standard", SamplerConfig(name="ddim", num_inference_steps=4)),
     "rti-1": ("rti [2,1,0], 1 action/tick", "standard", SamplerConfig(name="rti", actions_per_tick=1)),
+    "rti-calibrated": (
+        "rti [7,1,0] (dpstack rti calibrate), 1 action/tick",
+        "standard",
+        SamplerConfig(name="rti", timesteps=[7, 1, 0], actions_per_tick=1),
+    ),
     "rti-3": ("rti [2,1,0], 3 actions/tick", "standard", SamplerConfig(name="rti", actions_per_tick=3)),
     "streaming": ("streaming-15, 5 actions/tick", "streaming", SamplerConfig(name="streaming")),
     "streaming-ddpm": ("ddpm-100 on the streaming-trained policy", "streaming", SamplerConfig(name="ddpm")),

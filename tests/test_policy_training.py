@@ -245,3 +245,5 @@ def test_cli_streaming_training_and_realtime_samplers(maze_store: Path, tmp_path
         text=True,
     )
     assert bad.returncode != 0 and "multiple of the number of chunks" in bad.stderr
+    bad = subprocess.run([DPSTACK, "eval", *common, "latency_steps=2", "out=x"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "latency_steps must be in [0, 0]" in bad.stderr  # streaming's chunk is all executed

@@ -56,6 +56,14 @@ def run(cfg: Config) -> int:
     if cfg.backend == "onnx":
         return _run_onnx(cfg)
     policy, task, sampler = load_policy_and_sampler(cfg.checkpoint, cfg.sampler, cfg.device)
+    per_tick = policy.actions_per_tick(sampler)
+    available = sampler.chunk_length(policy.cfg.horizon) - (policy.cfg.n_obs_steps - 1)
+    if cfg.latency_steps < 0 or cfg.latency_steps + per_tick > available or cfg.latency_steps >= per_tick:
+        raise ConfigError(
+            f"latency_steps={cfg.latency_steps} does not fit sampler {sampler.name}: it executes {per_tick} actions "
+            f"per tick out of {available} it predicts, so latency_steps must be in [0, "
+            f"{min(per_tick - 1, available - per_tick)}]"
+        )
     seed = task.eval_seed if cfg.seed is None else cfg.seed
     record = evaluate_policy(
         policy,

@@ -7,6 +7,7 @@ Every sampler is a frozen dataclass (pure, shareable across threads and episodes
     sampler.stateful                   whether it carries state between ticks (then its first tick differs)
     sampler.noise_shape(B, T, Da, state) -> shape of the noise one tick consumes
     sampler.nfe(state)                 network evaluations that tick costs
+    sampler.chunk_length(T)            length of the chunk a tick returns
     sampler.tick(denoiser, cond (B, C), state, noise) -> (chunk (B, T', Da) normalized, new state)
 
 `state` is None at the start of an episode (so a reset is "forget the state") and otherwise a dict of

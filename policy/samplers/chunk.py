@@ -34,6 +34,10 @@ class ChunkSampler:
     def nfe_per_chunk(self) -> int:
         return self.num_inference_steps
 
+    def chunk_length(self, horizon: int) -> int:
+        """Length of the chunk `tick` returns (from the window's first position)."""
+        return horizon
+
     def nfe(self, state: SamplerState) -> int:
         return self.num_inference_steps
 

@@ -60,6 +60,10 @@ class RTISampler:
     def schedule(self) -> NoiseSchedule:
         return self.scheduler.schedule
 
+    def chunk_length(self, horizon: int) -> int:
+        """Length of the chunk `tick` returns (from the window's first position)."""
+        return horizon
+
     def nfe(self, state: SamplerState) -> int:
         return self.first.nfe(None) if state is None else len(self.timesteps)
 

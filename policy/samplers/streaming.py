@@ -135,6 +135,10 @@ class StreamingSampler:
         prev = torch.where(clean, 0, taus[levels])
         return t, prev
 
+    def chunk_length(self, horizon: int) -> int:
+        """Length of the chunk `tick` returns (from the window's first position)."""
+        return self.layout.prefix + self.layout.chunk
+
     def nfe(self, state: SamplerState) -> int:
         return self.num_inference_steps if state is None else self.levels_per_chunk
 
