@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,7 @@ def run(task_name: str, checkpoints: dict[str, str], episodes: int, out: Path, o
         assert task.name == task_name, f"{checkpoints[which]} is a {task.name} policy, not {task_name}"
         if sampler_cfg.name == "rti" and sampler_cfg.discrete_dims is None:
             # checkpoints written before actions declared discrete dims: take them from the task
-            sampler_cfg = SamplerConfig(
-                **{**vars(sampler_cfg), "discrete_dims": list(action_feature(task.name).discrete_dims)}
-            )
+            sampler_cfg = replace(sampler_cfg, discrete_dims=list(action_feature(task.name).discrete_dims))
         sampler = policy.make_sampler(sampler_cfg)
         eval_dir = out / f"{task_name}-{key}"
         print(f"{task_name} {label}: {episodes} episodes ...", flush=True)

@@ -9,7 +9,7 @@ fitted on the training store, so raw environment values go in and raw actions co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -168,9 +168,8 @@ class DiffusionPolicy(nn.Module):
         if cfg is None or isinstance(cfg, str):
             cfg = SamplerConfig(name=cfg)
         if cfg.name is None:
-            cfg = SamplerConfig(**{**vars(cfg), "name": self.cfg.sampler})
-            if cfg.num_inference_steps is None:
-                cfg.num_inference_steps = self.cfg.num_inference_steps
+            steps = cfg.num_inference_steps or self.cfg.num_inference_steps
+            cfg = replace(cfg, name=self.cfg.sampler, num_inference_steps=steps)
         return build_sampler(
             cfg,
             self.schedule,

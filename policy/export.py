@@ -165,10 +165,11 @@ def export_policy(
         inputs = [*obs_keys, *([] if start else state_names), "noise"]
         outputs = ["actions", *(f"next_{n}" for n in state_names)]
         args = (*obs.values(), *state_in, noise)
-        results = TickGraph(policy, sampler, obs_keys, state_names, start)(*args)
+        graph = TickGraph(policy, sampler, obs_keys, state_names, start)
+        results = graph(*args)
         batch_axis = {name: 0 for name in [*inputs, *outputs]} | {"noise": 1}
         _export(
-            TickGraph(policy, sampler, obs_keys, state_names, start),
+            graph,
             args,
             out / file,
             inputs,

@@ -186,8 +186,3 @@ def spaced_timesteps(num_train: int, n: int, spacing: str = "leading") -> torch.
     if spacing == "trailing":
         return torch.tensor([(i + 1) * num_train // n - 1 for i in range(n - 1, -1, -1)], dtype=torch.long)
     raise ValueError(f"spacing must be 'leading' or 'trailing', got {spacing!r}")
-
-
-def previous_timestep(timesteps: torch.Tensor, i: int) -> int:
-    """The timestep after `timesteps[i]` in a descending list, or -1 (clean) after the last one."""
-    return int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1

@@ -8,7 +8,24 @@ from typing import ClassVar
 import torch
 
 from policy.samplers.base import Denoiser, SamplerState
-from policy.schedulers import DDIMScheduler, DDPMScheduler, previous_timestep
+from policy.schedulers import DDIMScheduler, DDPMScheduler
+
+
+def reverse_steps(
+    scheduler: DDPMScheduler | DDIMScheduler,
+    denoiser: Denoiser,
+    cond: torch.Tensor,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Run reverse steps from `x` over descending `timesteps` (the last one goes to clean); noise[i] for step i."""
+    batch = x.shape[0]
+    prev_timesteps = torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
+    for i in range(len(timesteps)):
+        t, prev = timesteps[i].expand(batch), prev_timesteps[i].expand(batch)
+        x = scheduler.step(denoiser(x, t, cond), t, prev, x, noise[i]).prev_sample
+    return x
 
 
 @dataclass(frozen=True)
@@ -22,6 +39,7 @@ class ChunkSampler:
     scheduler: DDPMScheduler | DDIMScheduler
     num_inference_steps: int
     actions_per_tick: int | None = None
+    spacing: str = "leading"  # of the inference timesteps, see `policy.schedulers.spaced_timesteps`
 
     stateful: ClassVar[bool] = False  # carries state between ticks (its first tick differs)
 
@@ -47,14 +65,8 @@ class ChunkSampler:
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Normalized chunk (B, T, Da) from noise of `noise_shape`."""
-        timesteps = self.scheduler.timesteps(self.num_inference_steps).to(cond.device)
-        x = noise[0]
-        batch = x.shape[0]
-        for i, t in enumerate(timesteps):
-            t_batch = t.expand(batch)
-            prev = torch.full_like(t_batch, previous_timestep(timesteps, i))
-            x = self.scheduler.step(denoiser(x, t_batch, cond), t_batch, prev, x, noise[i + 1]).prev_sample
-        return x
+        timesteps = self.scheduler.timesteps(self.num_inference_steps, self.spacing).to(cond.device)
+        return reverse_steps(self.scheduler, denoiser, cond, noise[0], timesteps, noise[1:])
 
     def tick(
         self, denoiser: Denoiser, cond: torch.Tensor, state: SamplerState, noise: torch.Tensor

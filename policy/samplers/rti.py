@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from policy.samplers.base import Denoiser, SamplerState
-from policy.samplers.chunk import ChunkSampler
+from policy.samplers.chunk import ChunkSampler, reverse_steps
 from policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
 
 
@@ -86,13 +86,9 @@ class RTISampler:
         """Noise `warm` to timesteps[0], then run the reverse steps over `timesteps`."""
         if not self.timesteps:
             return warm
-        batch = warm.shape[0]
-        steps = torch.tensor([*self.timesteps, -1], device=warm.device)
-        x = self.schedule.add_noise(warm, noise[0], steps[0].expand(batch))
-        for i in range(len(self.timesteps)):
-            t, prev = steps[i].expand(batch), steps[i + 1].expand(batch)
-            x = self.scheduler.step(denoiser(x, t, cond), t, prev, x, noise[i + 1]).prev_sample
-        return x
+        steps = torch.tensor(self.timesteps, device=warm.device)
+        x = self.schedule.add_noise(warm, noise[0], steps[0].expand(warm.shape[0]))
+        return reverse_steps(self.scheduler, denoiser, cond, x, steps, noise[1:])
 
     def tick(
         self, denoiser: Denoiser, cond: torch.Tensor, state: SamplerState, noise: torch.Tensor

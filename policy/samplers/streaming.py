@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 
 from policy.samplers.base import Denoiser, SamplerState
+from policy.samplers.chunk import ChunkSampler
 from policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule, spaced_timesteps
 
 
@@ -118,6 +119,10 @@ class StreamingSampler:
         """(K,) training timestep of each inference level, ascending: level l -> floor((l+1) N / K) - 1."""
         return spaced_timesteps(self.schedule.num_train_timesteps, self.num_inference_steps, "trailing").flip(0)
 
+    def level_table(self) -> torch.Tensor:
+        """(K + 1,) timestep of level l at index l + 1; index 0 (level -1) is "clean" (-1)."""
+        return torch.cat([torch.tensor([-1]), self.level_timesteps()])
+
     def start_levels(self) -> torch.Tensor:
         """(T,) level of each position at the start of a steady tick (after the shift); -1 = clean."""
         chunk = self.layout.chunk_index()
@@ -128,7 +133,7 @@ class StreamingSampler:
 
         The prefix is clean: it is shown to the network at timestep 0 and never updated (prev == t).
         """
-        taus = torch.cat([torch.tensor([-1]), self.level_timesteps()])  # index level + 1
+        taus = self.level_table()
         levels = self.start_levels()[None] - torch.arange(self.levels_per_chunk)[:, None]  # (L, T)
         clean = self.start_levels()[None] < 0
         t = torch.where(clean, 0, taus[levels + 1])
@@ -160,17 +165,12 @@ class StreamingSampler:
         return buffer[:, :clean_end], {"buffer": buffer}
 
     def _first_buffer(self, denoiser: Denoiser, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        taus = self.level_timesteps().to(cond.device)
-        batch = cond.shape[0]
-        x = noise[0]
-        for i, level in enumerate(range(self.num_inference_steps - 1, -1, -1)):
-            t = taus[level].expand(batch)
-            prev = (taus[level - 1] if level > 0 else torch.tensor(-1, device=cond.device)).expand(batch)
-            x = self.scheduler.step(denoiser(x, t, cond), t, prev, x, noise[i + 1]).prev_sample
+        # the whole window at a constant level over the same K trailing-spaced levels
+        full = ChunkSampler(self.scheduler, self.num_inference_steps, spacing="trailing")
+        x = full.sample(denoiser, cond, noise[:-1])
         # chunk i sits at level i L - 1 at the end of a tick (chunk 0 clean): noise the clean window there
-        end_levels = self.start_levels() - self.levels_per_chunk
-        end_t = torch.cat([torch.tensor([-1]), self.level_timesteps()])[end_levels.clamp(min=-1) + 1]
-        end_t = end_t.to(cond.device)[None].expand(batch, -1)
+        end_levels = (self.start_levels() - self.levels_per_chunk).clamp(min=-1)
+        end_t = self.level_table()[end_levels + 1].to(cond.device)[None].expand(cond.shape[0], -1)
         return self.schedule.add_noise(x, noise[-1], end_t)
 
     def _steady_tick(
