@@ -34,6 +34,9 @@ COMMANDS = [
         "dpstack.commands.rti_calibrate",
         "pick the RTI warm-start timestep offline from a dataset",
     ),
+    Command(("ros", "policy"), "dpstack.commands.ros_policy", "run an exported policy as a ROS 2 lifecycle node"),
+    Command(("ros", "sim"), "dpstack.commands.ros_sim", "run a task as a ROS 2 robot (simulator bridge)"),
+    Command(("ros", "loop"), "dpstack.commands.ros_loop", "closed-loop episodes: policy node + bridge over ROS 2"),
     Command(("dataset", "info"), "dpstack.commands.dataset_info", "print a JSON summary of an episode store"),
     Command(
         ("dataset", "import", "robomimic"),

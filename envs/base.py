@@ -24,6 +24,7 @@ class Feature:
     dtype: str = "float32"
     normalize: str = "minmax"  # a mode of policy.normalizer: minmax | image | identity
     discrete_dims: tuple[int, ...] = ()  # dims that take a few discrete values (a gripper open/close)
+    message: str = ""  # ROS 2 message kind (ros.messages): "" picks by dtype and shape (uint8 HxWxC: image)
 
     def space(self, low: float = -np.inf, high: float = np.inf) -> gym.spaces.Box:
         if self.dtype == "uint8":

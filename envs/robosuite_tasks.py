@@ -85,7 +85,7 @@ class RobosuiteEnv(TaskEnv):
             "object": Feature((TASKS[task],)),
             "robot0_eef_pos": Feature((3,)),
             "robot0_eef_quat": Feature((4,)),
-            "robot0_gripper_qpos": Feature((2,)),
+            "robot0_gripper_qpos": Feature((2,), message="joint_state"),  # the two finger joints
         }
         if image:
             for cam in CAMERAS:

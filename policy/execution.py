@@ -1,17 +1,20 @@
 """Receding-horizon execution: observation history in, one action per control tick out.
 
-The one place that turns "predict a chunk" into "act every tick", shared by the evaluator and the ROS
-node. It keeps the last `n_obs_steps` observations (the first one repeated at the start of an
-episode, as Diffusion Policy's env wrapper does) and a queue of predicted actions, and asks the chunk
-source for `actions_per_tick` new actions when the queue runs dry. Works on a batch of environments
-stepping in lockstep.
+The one place that turns "predict a chunk" into "act every tick", shared by the evaluator, the
+runtime and the ROS node. Two pieces, both numpy only:
 
-Latency-aware execution (`latency_steps` = d > 0): the next chunk is requested while d actions of the
-current one are still queued, from the observation of that tick, and only takes effect d ticks later,
-as when inference runs beside a robot that keeps executing. Merge rule (time-indexed, newest wins): a
-chunk computed at tick tau covers ticks tau, tau + 1, ...; when it arrives its actions for ticks that
-have already passed are dropped and it replaces whatever is left of the older chunk. The first chunk of
-an episode is waited for (there is nothing to execute before it).
+- `ObservationHistory` keeps the last `n_obs_steps` observations, the first one repeated at the start
+  of an episode (as Diffusion Policy's env wrapper does).
+- `ActionSchedule` holds time-indexed actions. Merge rule (newest wins): a chunk computed from the
+  observation of tick tau holds, at index i, the action for tick tau + i; inserting it drops whatever
+  the older chunk planned from tau on, and actions for ticks that have already passed are never
+  executed.
+
+`RecedingHorizon` runs them synchronously (the evaluator): it asks the chunk source for a new chunk
+when `latency_steps` = d actions are left, and executes `actions_per_tick` of it. With d > 0 the chunk
+is requested from the observation of that tick but only takes effect d ticks later, as when inference
+runs beside a robot that keeps executing. The ROS node runs the same two pieces asynchronously, with a
+worker thread in place of the inline call.
 """
 
 from __future__ import annotations
@@ -32,6 +35,58 @@ class ChunkSource(Protocol):
 ChunkFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
+class ObservationHistory:
+    """The last `n_obs_steps` observations {key: (B, ...)}; stacked as {key: (B, n_obs_steps, ...)}."""
+
+    def __init__(self, n_obs_steps: int) -> None:
+        self.n_obs_steps = n_obs_steps
+        self._steps: deque[dict[str, np.ndarray]] = deque(maxlen=n_obs_steps)
+
+    def clear(self) -> None:
+        self._steps.clear()
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def observe(self, obs: Mapping[str, np.ndarray]) -> None:
+        snapshot = {k: np.array(v, copy=True) for k, v in obs.items()}  # never keep the caller's arrays
+        if not self._steps:
+            self._steps.extend([snapshot] * self.n_obs_steps)
+        else:
+            self._steps.append(snapshot)
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        """{key: (B, n_obs_steps, ...)} oldest first."""
+        return {k: np.stack([h[k] for h in self._steps], axis=1) for k in self._steps[-1]}
+
+
+class ActionSchedule:
+    """Time-indexed actions (B, Da) per control tick; the newest chunk replaces the rest of the older one."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._chunk: np.ndarray | None = None  # (B, A, Da)
+        self._start = 0  # the tick of _chunk[:, 0]
+
+    def insert(self, chunk: np.ndarray, start_tick: int) -> None:
+        """`chunk[:, i]` is the action for tick `start_tick + i`."""
+        self._chunk, self._start = chunk, start_tick
+
+    def remaining(self, tick: int) -> int:
+        """Actions planned for `tick` and later."""
+        if self._chunk is None:
+            return 0
+        return max(0, self._start + self._chunk.shape[1] - tick)
+
+    def action_at(self, tick: int) -> np.ndarray | None:
+        """The action planned for `tick`, or None when nothing is (ran dry, or not yet computed)."""
+        if self._chunk is None or not self._start <= tick < self._start + self._chunk.shape[1]:
+            return None
+        return self._chunk[:, tick - self._start]
+
+
 class RecedingHorizon:
     """select_action(obs {key: (B, ...)}) -> (B, Da); `last_tick_inferred` tells whether it ran the policy."""
 
@@ -47,44 +102,39 @@ class RecedingHorizon:
         self.n_obs_steps = n_obs_steps
         self.actions_per_tick = actions_per_tick
         self.latency_steps = latency_steps
+        self.history = ObservationHistory(n_obs_steps)
+        self.schedule = ActionSchedule()
         self.reset()
 
     def reset(self) -> None:
-        """New episode: forget history, queued and pending actions, and the source's state."""
-        self._history: deque[dict[str, np.ndarray]] = deque(maxlen=self.n_obs_steps)
-        self._queue: deque[np.ndarray] = deque()
-        self._pending: tuple[np.ndarray, int] | None = None  # (chunk, actions of it already in the past)
+        """New episode: forget history, planned and pending actions, and the source's state."""
+        self.history.clear()
+        self.schedule.clear()
+        self._tick = 0
+        self._pending: tuple[np.ndarray, int] | None = None  # (chunk, tick it was requested at)
         self.last_tick_inferred = False
         reset_source = getattr(self.predict_chunk, "reset", None)
         if reset_source is not None:
             reset_source()
 
-    def observe(self, obs: Mapping[str, np.ndarray]) -> None:
-        snapshot = {k: np.array(v, copy=True) for k, v in obs.items()}  # never keep the caller's arrays
-        if not self._history:
-            self._history.extend([snapshot] * self.n_obs_steps)
-        else:
-            self._history.append(snapshot)
-
-    def stacked_history(self) -> dict[str, np.ndarray]:
-        """{key: (B, n_obs_steps, ...)} oldest first."""
-        return {k: np.stack([h[k] for h in self._history], axis=1) for k in self._history[-1]}
-
     def select_action(self, obs: Mapping[str, np.ndarray]) -> np.ndarray:
-        self.observe(obs)
+        self.history.observe(obs)
+        tick, self._tick = self._tick, self._tick + 1
         self.last_tick_inferred = False
-        if self._pending is None and len(self._queue) <= self.latency_steps:
-            chunk = np.asarray(self.predict_chunk(self.stacked_history()))
-            skip = len(self._queue)  # ticks that pass (executing the old chunk) before this one arrives
-            if chunk.ndim != 3 or chunk.shape[1] < skip + self.actions_per_tick:
+        if self._pending is None and self.schedule.remaining(tick) <= self.latency_steps:
+            chunk = np.asarray(self.predict_chunk(self.history.stacked()))
+            lag = self.schedule.remaining(tick)  # ticks that pass (executing the old chunk) before it arrives
+            if chunk.ndim != 3 or chunk.shape[1] < lag + self.actions_per_tick:
                 raise ValueError(
-                    f"predict_chunk must return (B, A, Da) with A >= {skip + self.actions_per_tick} "
-                    f"(latency {skip} + {self.actions_per_tick} actions per tick), got shape {chunk.shape}"
+                    f"predict_chunk must return (B, A, Da) with A >= {lag + self.actions_per_tick} "
+                    f"(latency {lag} + {self.actions_per_tick} actions per tick), got shape {chunk.shape}"
                 )
-            self._pending = (chunk, skip)
+            self._pending = (chunk[:, : lag + self.actions_per_tick], tick)
             self.last_tick_inferred = True
-        if not self._queue:
-            chunk, skip = self._pending  # type: ignore[misc]
-            self._queue.extend(chunk[:, i] for i in range(skip, skip + self.actions_per_tick))
+        if self.schedule.remaining(tick) == 0:  # the pending chunk arrives now
+            chunk, requested = self._pending  # type: ignore[misc]
+            self.schedule.insert(chunk, requested)
             self._pending = None
-        return self._queue.popleft()
+        action = self.schedule.action_at(tick)
+        assert action is not None
+        return action

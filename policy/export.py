@@ -222,7 +222,7 @@ def export_policy(
         "task": task or {},
         "control_hz": float(control_hz),
         "observations": [
-            {"key": k, "shape": list(f.shape), "dtype": f.dtype, "normalize": f.normalize}
+            {"key": k, "shape": list(f.shape), "dtype": f.dtype, "normalize": f.normalize, "message": f.message}
             for k, f in sorted(policy.obs_features.items())
         ],
         "action": {
