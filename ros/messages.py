@@ -208,7 +208,7 @@ def joint_trajectory(joint_names: Sequence[str], action: np.ndarray, stamp: Any,
     """One-point trajectory: reach `action` (joint positions, in `joint_names` order) one period from now."""
     point = JointTrajectoryPoint(positions=np.asarray(action, np.float64).tolist())
     point.time_from_start.sec = int(period_s)
-    point.time_from_start.nanosec = int(round((period_s - int(period_s)) * 1e9))
+    point.time_from_start.nanosec = round((period_s - int(period_s)) * 1e9)
     msg = JointTrajectory(joint_names=list(joint_names), points=[point])
     msg.header.stamp = stamp
     return msg

@@ -170,7 +170,8 @@ class SimBridge(Node):
             with self._cv:
                 if self.lockstep:
                     self._cv.wait_for(
-                        lambda: self._action_seq > seen or self._stop or self._restart, self.cfg.action_timeout
+                        lambda seen=seen: self._action_seq > seen or self._stop or self._restart,
+                        self.cfg.action_timeout,
                     )
                 else:
                     deadline += wall_period
