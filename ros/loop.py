@@ -133,6 +133,7 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
                 f"latency_steps={cfg.latency_steps}",
                 f"threads={cfg.threads}",
                 "stats_window=1000000",
+                "diagnostics_period=0.5",
             ],
             env,
             log_dir,
@@ -224,10 +225,11 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
                 f"score {result['score']:.3f}, {result['steps']} steps",
                 flush=True,
             )
-        time.sleep(1.5)  # one more /diagnostics message covering the last episode
+        time.sleep(1.0)  # one more /diagnostics message covering the last episode
     finally:
         codes = {child.name: child.stop() for child in children}
         executor.shutdown()
+        spinner.join(timeout=5)
         node.destroy_node()
         rclpy.try_shutdown()
     wall_s = time.monotonic() - started

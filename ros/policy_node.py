@@ -37,6 +37,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -116,8 +117,11 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self._reset_counters()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diagnostics_timer = self.create_timer(
-            cfg.diagnostics_period, self._publish_diagnostics, callback_group=self._diagnostics_group
+        self._diagnostics_timer = self.create_timer(  # wall clock: reports go on while sim time is paused
+            cfg.diagnostics_period,
+            self._publish_diagnostics,
+            callback_group=self._diagnostics_group,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -9,9 +9,12 @@ import pytest
 
 from envs.collect import collect
 from envs.registry import load_task_config
+from policy.checkpoint import load_policy
 from policy.data.store import EpisodeStore
 from policy.diffusion_policy import PolicyConfig
-from policy.train import TrainConfig
+from policy.export import export_policy
+from policy.samplers import SamplerConfig
+from policy.train import TrainConfig, train
 
 MAZE = load_task_config("pointmaze-umaze", ["max_steps=150"])
 
@@ -65,3 +68,31 @@ def train_config(store: Path, out: Path, **kwargs) -> TrainConfig:
         threads=1,
     )
     return TrainConfig(**{**base, **kwargs})
+
+
+# A tiny streaming-trained U-Net exported with three samplers: shared by the export and ROS tests.
+EXPORT_SAMPLERS = {
+    "ddim": SamplerConfig(name="ddim", num_inference_steps=3),
+    "streaming": SamplerConfig(name="streaming", num_inference_steps=3),  # 3 chunks, one call per tick
+    "rti": SamplerConfig(name="rti", first="ddim", num_inference_steps=3, timesteps=[1, 0]),
+}
+
+
+@pytest.fixture(scope="session")
+def trained(maze_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny streaming-trained U-Net on the maze store (state + goal observations)."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    policy = PolicyConfig(denoiser="unet", preset="tiny", n_action_steps=5, noise_mode="streaming")
+    cfg = train_config(maze_store, run, steps=30, batch_size=16, warmup_steps=5, policy=policy)
+    train(cfg)
+    return run
+
+
+@pytest.fixture(scope="session")
+def exports(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    policy = load_policy(trained)
+    out = {}
+    for name, cfg in EXPORT_SAMPLERS.items():
+        out[name] = tmp_path_factory.mktemp(f"onnx-{name}")
+        export_policy(policy, policy.make_sampler(cfg), out[name], [-1, -1], [1, 1], 100.0, {"name": MAZE.name})
+    return out

@@ -12,38 +12,10 @@ import pytest
 
 from dpstack.errors import ModelError
 from policy.checkpoint import load_policy
-from policy.diffusion_policy import PolicyConfig
-from policy.export import export_policy, parity_check
+from policy.export import parity_check
 from policy.runtime import OnnxPolicy
-from policy.samplers import SamplerConfig
-from policy.train import train
-from tests.conftest import MAZE, train_config
-
-SAMPLERS = {
-    "ddim": SamplerConfig(name="ddim", num_inference_steps=3),
-    "streaming": SamplerConfig(name="streaming", num_inference_steps=3),  # 3 chunks, one call per tick
-    "rti": SamplerConfig(name="rti", first="ddim", num_inference_steps=3, timesteps=[1, 0]),
-}
-
-
-@pytest.fixture(scope="module")
-def trained(maze_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny streaming-trained U-Net on the maze store (state + goal observations)."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    policy = PolicyConfig(denoiser="unet", preset="tiny", n_action_steps=5, noise_mode="streaming")
-    cfg = train_config(maze_store, run, steps=30, batch_size=16, warmup_steps=5, policy=policy)
-    train(cfg)
-    return run
-
-
-@pytest.fixture(scope="module")
-def exports(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    policy = load_policy(trained)
-    out = {}
-    for name, cfg in SAMPLERS.items():
-        out[name] = tmp_path_factory.mktemp(f"onnx-{name}")
-        export_policy(policy, policy.make_sampler(cfg), out[name], [-1, -1], [1, 1], 100.0, {"name": MAZE.name})
-    return out
+from tests.conftest import EXPORT_SAMPLERS as SAMPLERS
+from tests.conftest import MAZE
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
