@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers bench-export clean
+.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers bench-export bench-ros clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -46,6 +46,9 @@ bench-samplers: setup
 
 bench-export: setup
 	$(PY) -m benchmarks.export --standard $(SAMPLERS_STANDARD) --streaming $(SAMPLERS_STREAMING) --episodes 50
+
+bench-ros: setup
+	$(PY) -m benchmarks.ros
 
 bench: bench-data bench-experts
 

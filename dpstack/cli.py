@@ -78,7 +78,7 @@ def _find(argv: Sequence[str]) -> tuple[Command | None, tuple[str, ...], list[st
     return None, prefix, list(argv[len(prefix) :])
 
 
-def _quote(value: str) -> str:
+def quote_value(value: str) -> str:
     """Quote a positional argument as a hydra string literal (paths may hold '=', ',', spaces)."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "=" in arg and not arg.startswith(("/", ".")):
             overrides.append(arg)
         elif positional_names:
-            overrides.append(f"{positional_names.pop(0)}={_quote(arg)}")
+            overrides.append(f"{positional_names.pop(0)}={quote_value(arg)}")
         else:
             print(
                 f"error: unexpected argument {arg!r} for 'dpstack {' '.join(command.words)}' "

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpstack.cli import quote_value
 from dpstack.errors import ConfigError, ModelError, UserError
 from envs.registry import TaskConfig
 
@@ -51,10 +52,6 @@ class LoopConfig:
     domain_id: int = field(default=-1, metadata={"help": "ROS_DOMAIN_ID for the run; -1: a random free-ish one"})
     out: str = field(default="", metadata={"help": "directory for eval.json and the two nodes' logs (optional)"})
     startup_timeout: float = field(default=120.0, metadata={"help": "seconds to wait for both nodes to come up"})
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class _Process:
@@ -126,7 +123,7 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
         _Process(
             "policy",
             [
-                f"model={_quote(str(cfg.model))}",
+                f"model={quote_value(str(cfg.model))}",
                 f"rate_hz={control_hz}",
                 f"use_sim_time={str(sim_time).lower()}",
                 f"seed={seed}",

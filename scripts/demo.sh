@@ -31,5 +31,8 @@ rm -rf "$out/onnx"
 $dpstack export checkpoint="$out/run" sampler=streaming sampler.num_inference_steps=3 out="$out/onnx"
 $dpstack eval checkpoint="$out/onnx" backend=onnx episodes="$eval_episodes" out="$out/eval-onnx" videos=0 progress=false
 
-echo "demo finished: store $out/pusht.zarr, run $out/run (loss_curve.png), evals $out/eval* (eval.json, videos/), ONNX $out/onnx"
+echo "== 6. the same export over ROS 2: policy node + simulator bridge as two processes (lockstep on /clock)"
+$dpstack ros loop "$out/onnx" episodes=2 real_time_factor=0 out="$out/eval-ros"
+
+echo "demo finished: store $out/pusht.zarr, run $out/run (loss_curve.png), evals $out/eval* (eval.json, videos/), ONNX $out/onnx, ROS 2 $out/eval-ros"
 echo "(a few hundred steps on 20 demos is a smoke run; see README 'Results and training budget' for real numbers)"
