@@ -1,0 +1,125 @@
+"""Diffuser: a Gaussian diffusion model over whole state-action trajectories, conditioned by inpainting.
+
+A trajectory is a (B, H, action_dim + state_dim) tensor in normalized units, actions first (Janner et
+al. 2022). Conditioning fixes the state part of chosen time indices (the current state at 0; for
+goal-reaching also the goal at H - 1): `inpaint` overwrites them after the initial noise, after every
+reverse step and, in training, in the noised input (those entries are left out of the loss, so the
+network never learns to denoise what is given).
+
+The noise schedule and the reverse step are the project's (`policy.schedulers`), so the planner and
+the policies share one set of diffusion math. Value guidance (Diffuser section 3.3) is an optional
+`guide`: a differentiable value of the trajectory whose gradient, scaled by the step's posterior
+variance, moves the mean of each reverse step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from policy.schedulers import DDPMScheduler, NoiseSchedule
+
+Conditions = Mapping[int, torch.Tensor]  # time index -> normalized state (B, state_dim)
+Guide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (trajectories, timesteps) -> value (B,)
+
+
+def inpaint(x: torch.Tensor, conditions: Conditions, action_dim: int) -> torch.Tensor:
+    """A copy of `x` whose state part at each conditioned time index holds the given state."""
+    x = x.clone()
+    for index, state in conditions.items():
+        if state.shape != (x.shape[0], x.shape[2] - action_dim):
+            raise ValueError(
+                f"condition at index {index}: state shape {tuple(state.shape)}, expected "
+                f"({x.shape[0]}, {x.shape[2] - action_dim})"
+            )
+        x[:, index, action_dim:] = state.to(x.dtype)
+    return x
+
+
+@dataclass(frozen=True)
+class GuideConfig:
+    """Value guidance: `n_guide_steps` gradient steps of size `scale` * posterior variance per reverse step,
+    none at timesteps below `t_stopgrad`."""
+
+    scale: float = 0.1
+    n_guide_steps: int = 2
+    t_stopgrad: int = 2
+
+
+class TrajectoryDiffusion(nn.Module):
+    """eps_theta over trajectories + the DDPM reverse process with inpainting (and optional guidance).
+
+    Args:
+        denoiser: (x (B, H, D), timesteps (B,), cond (B, 0)) -> (B, H, D), e.g. an unconditioned
+            `ConditionalUnet1D` (Diffuser's temporal U-Net).
+        action_dim, state_dim: the trajectory's columns are [actions, states].
+        schedule: the forward process (shared vocabulary with the policies).
+        action_weight: loss weight of the first action (Diffuser weighs it 10x: it is what gets executed).
+    """
+
+    def __init__(
+        self, denoiser: nn.Module, action_dim: int, state_dim: int, schedule: NoiseSchedule, action_weight: float = 10.0
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.action_dim, self.state_dim = action_dim, state_dim
+        self.schedule = schedule
+        self.action_weight = action_weight
+
+    @property
+    def transition_dim(self) -> int:
+        return self.action_dim + self.state_dim
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x, t, x.new_zeros(x.shape[0], 0))
+
+    def loss(
+        self, trajectories: torch.Tensor, conditions: Conditions, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Denoising loss on clean normalized `trajectories` (B, H, D), with `conditions` inpainted."""
+        batch = trajectories.shape[0]
+        t = torch.randint(0, self.schedule.num_train_timesteps, (batch,), generator=generator).to(trajectories.device)
+        noise = torch.randn(trajectories.shape, generator=generator).to(trajectories)
+        noisy = inpaint(self.schedule.add_noise(trajectories, noise, t), conditions, self.action_dim)
+        error = (self._eps(noisy, t) - self.schedule.training_target(trajectories, noise)) ** 2
+        weights = torch.ones_like(trajectories[0])
+        weights[0, : self.action_dim] = self.action_weight
+        for index in conditions:
+            weights[index, self.action_dim :] = 0.0  # given, not predicted
+        return (error * weights).sum() / (weights.sum() * batch)
+
+    def sample(
+        self,
+        conditions: Conditions,
+        horizon: int,
+        batch: int,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        guide: Guide | None = None,
+        guide_config: GuideConfig = GuideConfig(),
+    ) -> torch.Tensor:
+        """Reverse DDPM from pure noise to a (batch, horizon, D) normalized trajectory honouring `conditions`."""
+        scheduler = DDPMScheduler(self.schedule)
+        device = next(self.parameters()).device
+        shape = (batch, horizon, self.transition_dim)
+        x = inpaint(torch.randn(shape, generator=generator).to(device), conditions, self.action_dim)
+        timesteps = scheduler.timesteps(num_inference_steps)
+        for i, step_t in enumerate(timesteps.tolist()):
+            t = torch.full((batch,), step_t, dtype=torch.long, device=device)
+            prev_t = torch.full_like(t, timesteps[i + 1].item() if i + 1 < len(timesteps) else -1)
+            with torch.no_grad():
+                out = scheduler.step(self._eps(x, t), t, prev_t, x, None)
+            mean = out.mean
+            if guide is not None and step_t >= guide_config.t_stopgrad:
+                variance = out.std**2
+                for _ in range(guide_config.n_guide_steps):
+                    with torch.enable_grad():
+                        probe = mean.detach().requires_grad_(True)
+                        (grad,) = torch.autograd.grad(guide(probe, t).sum(), probe)
+                    mean = inpaint(mean + guide_config.scale * variance * grad, conditions, self.action_dim)
+            noise = torch.randn(shape, generator=generator).to(device) if prev_t[0] >= 0 else None
+            x = inpaint(mean if noise is None else mean + out.std * noise, conditions, self.action_dim)
+        return x
