@@ -470,6 +470,9 @@ def spin_policy_node(cfg: PolicyNodeConfig) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if node.runtime is not None:  # stop the timer and join the inference thread before tearing down
+            node._stop_control()
+            node._release()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
