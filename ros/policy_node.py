@@ -85,7 +85,11 @@ class PolicyNodeConfig:
     )
     enabled: bool = field(default=True, metadata={"help": "gate on all output (also the ~/enable service)"})
     latency_steps: int = field(
-        default=0, metadata={"help": "request the next chunk while this many actions are left (as dpstack eval)"}
+        default=-1,
+        metadata={
+            "help": "request the next chunk while this many actions are left (as dpstack eval); "
+            "-1: 1 when the model's chunk allows it (no tick waits for inference), else 0"
+        },
     )
     threads: int = field(default=1, metadata={"help": "onnxruntime intra-op threads"})
     seed: int = field(default=-1, metadata={"help": "seed of the sampler noise; -1: fresh entropy"})
@@ -175,6 +179,7 @@ class PolicyNode(LifecycleNode):
         self.configure_error = ""
         self.get_logger().info(
             f"configured {self.cfg.model}: sampler {meta['sampler']['name']}, {1 / self.period_s:g} Hz, "
+            f"latency_steps {self.latency_steps}, "
             f"observations {[t.topic for t in self.topics]}, actions on {self.cfg.action_topic}"
         )
         return super().on_configure(state)
@@ -193,7 +198,10 @@ class PolicyNode(LifecycleNode):
         if cfg.rate_hz < 0 or not (cfg.rate_hz or meta.get("control_hz")):
             raise ValueError(f"rate_hz must be > 0 (or 0 with a model that declares control_hz), got {cfg.rate_hz}")
         per_tick, output = self.runtime.actions_per_tick, int(meta["actions_per_output"])
-        if not 0 <= cfg.latency_steps < per_tick or cfg.latency_steps + per_tick > output:
+        self.latency_steps = cfg.latency_steps
+        if cfg.latency_steps < 0:  # auto: one tick ahead when the chunk is long enough
+            self.latency_steps = 1 if 1 < per_tick and 1 + per_tick <= output else 0
+        if not 0 <= self.latency_steps < per_tick or self.latency_steps + per_tick > output:
             raise ValueError(
                 f"latency_steps={cfg.latency_steps} does not fit the model: it executes {per_tick} actions per tick "
                 f"out of {output} it predicts, so latency_steps must be in [0, {min(per_tick - 1, output - per_tick)}]"
@@ -321,7 +329,7 @@ class PolicyNode(LifecycleNode):
             self._history.observe({k: value[None] for k, (value, _, _) in self._latest.items()})
             self._latest = {k: (value, received, True) for k, (value, received, _) in self._latest.items()}
             lag = self._schedule.remaining(tick)
-            if self._requested is None and lag <= self.cfg.latency_steps:
+            if self._requested is None and lag <= self.latency_steps:
                 self._requested = tick
                 self._requests.put((self._generation, tick, lag, self._history.stacked()))
             action = self._schedule.action_at(tick)

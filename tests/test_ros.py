@@ -187,6 +187,13 @@ def test_lifecycle_transitions_and_control_rate(robot_factory: Any, exports: dic
     assert robot.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert robot.node.runtime is None
 
+    ahead = robot_factory(exports["ddim"], node_name="ddim_policy")  # chunks of 15, 5 executed: room to look ahead
+    assert ahead.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert ahead.node.latency_steps == 1  # auto: the next chunk is computed one tick before the queue runs dry
+    too_late = robot_factory(exports["ddim"], node_name="late_policy", latency_steps=11)
+    assert too_late.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "latency_steps must be in [0, 4]" in too_late.node.configure_error
+
     broken = robot_factory(tmp_path / "nowhere", node_name="broken_policy")
     assert broken.node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert "policy.json: missing" in broken.node.configure_error
