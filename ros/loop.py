@@ -47,7 +47,9 @@ class LoopConfig:
     real_time_factor: float = field(
         default=1.0, metadata={"help": "1: real time on the wall clock; >1 faster on /clock; 0: lockstep on /clock"}
     )
-    latency_steps: int = field(default=0, metadata={"help": "the policy node's latency_steps (0 as in dpstack eval; -1: its auto)"})
+    latency_steps: int = field(
+        default=0, metadata={"help": "the policy node's latency_steps (0 as in dpstack eval; -1: its auto)"}
+    )
     threads: int = field(default=1, metadata={"help": "onnxruntime threads of the policy node"})
     domain_id: int = field(default=-1, metadata={"help": "ROS_DOMAIN_ID for the run; -1: a random free-ish one"})
     out: str = field(default="", metadata={"help": "directory for eval.json and the two nodes' logs (optional)"})

@@ -200,7 +200,7 @@ class PolicyNode(LifecycleNode):
         per_tick, output = self.runtime.actions_per_tick, int(meta["actions_per_output"])
         self.latency_steps = cfg.latency_steps
         if cfg.latency_steps < 0:  # auto: one tick ahead when the chunk is long enough
-            self.latency_steps = 1 if 1 < per_tick and 1 + per_tick <= output else 0
+            self.latency_steps = 1 if per_tick > 1 and 1 + per_tick <= output else 0
         if not 0 <= self.latency_steps < per_tick or self.latency_steps + per_tick > output:
             raise ValueError(
                 f"latency_steps={cfg.latency_steps} does not fit the model: it executes {per_tick} actions per tick "
