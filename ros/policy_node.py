@@ -58,6 +58,7 @@ from ros.messages import (
     parse_mapping,
 )
 from ros.parameters import declare_config, read_config
+from ros.spin import spin_until_shutdown
 
 DYNAMIC_PARAMETERS = ("enabled", "watchdog_timeout")  # take effect at once; the rest at the next configure
 
@@ -256,6 +257,19 @@ class PolicyNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(pub)
         self._action_pub = self._trajectory_pub = None
         self.runtime = None
+
+    def start(self) -> None:
+        """Launch: with `autostart`, configure and activate (a failed configure raises ModelError)."""
+        if self.get_parameter("autostart").value:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ModelError(self.configure_error or "configure failed")
+            self.trigger_activate()
+
+    def stop(self) -> None:
+        """Stop the timer and join the inference thread before the node is destroyed."""
+        if self.runtime is not None:
+            self._stop_control()
+            self._release()
 
     # ------------------------------------------------------------------ state (call with the lock held)
     def _reset_counters(self) -> None:
@@ -460,28 +474,4 @@ class PolicyNode(LifecycleNode):
 
 def spin_policy_node(cfg: PolicyNodeConfig) -> int:
     """Run the node until SIGINT/SIGTERM; with `autostart`, configure and activate it first."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-    rclpy.init()
-    node = PolicyNode(cfg)
-    # Inference has its own thread, so callbacks stay short and one executor thread serves them all.
-    # (rclpy 7.1's MultiThreadedExecutor misses about 7% of /clock-driven timer periods under sim time.)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if cfg.autostart:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise ModelError(node.configure_error or "configure failed")
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node.runtime is not None:  # stop the timer and join the inference thread before tearing down
-            node._stop_control()
-            node._release()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(lambda: PolicyNode(cfg))

@@ -34,6 +34,7 @@ from envs.registry import TaskConfig
 from policy.evaluate import EXTRA_INFO_KEYS
 from ros.messages import COMMAND_QOS, SENSOR_QOS, MalformedMessage, decode_action, observation_topics
 from ros.parameters import declare_config, read_config
+from ros.spin import spin_until_shutdown
 
 
 @dataclass
@@ -94,6 +95,8 @@ class SimBridge(Node):
         self._sim_steps = 0  # over all episodes: sim time never runs backwards
         self._start_requested = cfg.autostart
         self._thread = threading.Thread(target=self._run, name="dpstack-sim", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
     # ------------------------------------------------------------------ ROS callbacks
@@ -122,7 +125,8 @@ class SimBridge(Node):
         with self._cv:
             self._stop = True
             self._cv.notify_all()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     # ------------------------------------------------------------------ stepping
     def _publish(self, obs: dict[str, np.ndarray]) -> None:
@@ -207,20 +211,4 @@ class SimBridge(Node):
 
 def spin_sim_bridge(cfg: SimBridgeConfig) -> int:
     """Run the bridge until SIGINT/SIGTERM."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-    rclpy.init()
-    bridge = SimBridge(cfg)
-    executor = SingleThreadedExecutor()
-    executor.add_node(bridge)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        bridge.stop()
-        executor.shutdown()
-        bridge.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(lambda: SimBridge(cfg))
