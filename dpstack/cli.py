@@ -26,8 +26,9 @@ class Command:
 
 COMMANDS = [
     Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
-    Command(("train",), "dpstack.commands.train", "train a Diffusion Policy on an episode store"),
+    Command(("train",), "dpstack.commands.train", "train a Diffusion Policy or a Diffuser planner on an episode store"),
     Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
+    Command(("plan",), "dpstack.commands.plan", "plan a trajectory with a Diffuser checkpoint and render it (PNG)"),
     Command(("export",), "dpstack.commands.export", "export a policy + sampler to ONNX (policy.onnx, policy.json)"),
     Command(
         ("rti", "calibrate"),

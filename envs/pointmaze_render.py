@@ -26,3 +26,16 @@ def draw_maze(sim: Any, position: np.ndarray) -> np.ndarray:
         r = radius * PIXELS_PER_CELL / maze.maze_size_scaling
         image[(cols - col) ** 2 + (rows - row) ** 2 <= r * r] = colour
     return image
+
+
+def draw_plan(sim: Any, position: np.ndarray, plan_xy: np.ndarray) -> np.ndarray:
+    """The maze with a planned path (N, 2) drawn over it, from orange (start) to red (end)."""
+    image = draw_maze(sim, position)
+    maze = sim.maze
+    rows, cols = np.mgrid[: image.shape[0], : image.shape[1]]
+    radius = 0.05 * PIXELS_PER_CELL / maze.maze_size_scaling
+    for i, xy in enumerate(np.asarray(plan_xy, dtype=float)):
+        col, row = xy_to_pixel(maze, xy)
+        shade = i / max(1, len(plan_xy) - 1)
+        image[(cols - col) ** 2 + (rows - row) ** 2 <= radius * radius] = (230, int(160 * (1 - shade)), 40)
+    return image

@@ -77,12 +77,22 @@ class TrajectoryDiffusion(nn.Module):
         return self.denoiser(x, t, x.new_zeros(x.shape[0], 0))
 
     def loss(
-        self, trajectories: torch.Tensor, conditions: Conditions, generator: torch.Generator | None = None
+        self,
+        trajectories: torch.Tensor,
+        conditions: Conditions,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoising loss on clean normalized `trajectories` (B, H, D), with `conditions` inpainted."""
         batch = trajectories.shape[0]
-        t = torch.randint(0, self.schedule.num_train_timesteps, (batch,), generator=generator).to(trajectories.device)
-        noise = torch.randn(trajectories.shape, generator=generator).to(trajectories)
+        t = timesteps
+        if t is None:
+            t = torch.randint(0, self.schedule.num_train_timesteps, (batch,), generator=generator).to(
+                trajectories.device
+            )
+        if noise is None:
+            noise = torch.randn(trajectories.shape, generator=generator).to(trajectories)
         noisy = inpaint(self.schedule.add_noise(trajectories, noise, t), conditions, self.action_dim)
         error = (self._eps(noisy, t) - self.schedule.training_target(trajectories, noise)) ** 2
         weights = torch.ones_like(trajectories[0])

@@ -96,7 +96,8 @@ def _feature(entry: dict[str, Any]) -> Feature:
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the policy from config.json and load model.safetensors (strict: every tensor must match)."""
-    from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+    from policy.diffusion_policy import PolicyConfig
+    from policy.methods import build_policy
 
     directory = resolve_checkpoint(path)
     config = read_json(directory / "config.json")
@@ -108,7 +109,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> torch.n
     try:
         policy_cfg = PolicyConfig(**config["policy"])
         obs_features = {k: _feature(v) for k, v in config["obs_features"].items()}
-        policy = DiffusionPolicy(policy_cfg, obs_features, _feature(config["action_feature"]))
+        policy = build_policy(policy_cfg, obs_features, _feature(config["action_feature"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{directory / 'config.json'}: invalid policy config ({exc})") from exc
     state = read_tensors(directory / "model.safetensors")

@@ -37,6 +37,7 @@ _PRESETS = {"unet": unet_presets.PRESETS, "transformer": transformer_presets.PRE
 class PolicyConfig:
     """`configs/policy/<name>.yaml`: the network, the noise schedule and the action timing."""
 
+    method: str = "diffusion_policy"  # diffusion_policy | diffuser (policy/methods.py)
     denoiser: str = "unet"  # unet | transformer | mlp
     preset: str = "small"  # a size preset of that denoiser (e.g. unet: lowdim, image, small, tiny)
     horizon: int = 16
@@ -52,8 +53,13 @@ class PolicyConfig:
     chunkwise_weight: float = 0.8  # streaming mode: share of windows with chunk-wise rising levels
     crop_fraction: float = 0.9  # image random-crop size (training) / centre crop (inference)
     denoiser_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+    method_kwargs: dict[str, Any] = field(default_factory=dict)  # options of the method (diffuser: DiffuserOptions)
 
     def __post_init__(self) -> None:
+        from policy.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.denoiser not in DENOISERS:
             raise ValueError(f"denoiser must be one of {sorted(DENOISERS)}, got {self.denoiser!r}")
         if self.preset not in _PRESETS[self.denoiser]:
@@ -116,6 +122,14 @@ class DiffusionPolicy(nn.Module):
             kwargs["n_cond_tokens"] = cfg.n_obs_steps
         self.denoiser = DENOISERS[cfg.denoiser](self.action_dim, self.obs_encoder.output_dim, **kwargs)
         self.schedule = cfg.schedule()
+
+    def data_timing(self) -> dict[str, int]:
+        """The training windows this policy learns from."""
+        return {
+            "horizon": self.cfg.horizon,
+            "n_obs_steps": self.cfg.n_obs_steps,
+            "n_action_steps": self.cfg.n_action_steps,
+        }
 
     # ------------------------------------------------------------------ shared pieces
     def normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,7 +31,8 @@ from policy.checkpoint import read_json, read_tensors, resolve_checkpoint, save_
 from policy.data.dataset import SequenceDataset
 from policy.data.sampler import split_episodes
 from policy.data.store import EpisodeStore
-from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from policy.diffusion_policy import PolicyConfig
+from policy.methods import build_policy
 from policy.normalizer import Normalizer
 
 
@@ -145,18 +146,17 @@ def _loader(dataset: SequenceDataset, cfg: TrainConfig, epoch: int, start_batch:
 
 
 @torch.no_grad()
-def validation_loss(policy: DiffusionPolicy, dataset: SequenceDataset, cfg: TrainConfig, device: torch.device) -> float:
+def validation_loss(policy: torch.nn.Module, dataset: SequenceDataset, cfg: TrainConfig, device: torch.device) -> float:
     """Mean denoising loss on held-out episodes, with fixed noise so values are comparable across steps."""
     generator = torch.Generator().manual_seed(1234)
     losses = []
-    for batch in DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False):
+    for i, batch in enumerate(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)):
         batch = _to(batch, device)
-        action = batch["action"]
-        noise = torch.randn(action.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, policy.schedule.num_train_timesteps, (action.shape[0],), generator=generator).to(
-            device
-        )
-        losses.append(float(policy.compute_loss(batch, noise, timesteps)[0]))
+        size = batch["action"].shape[0]
+        timesteps = torch.randint(0, policy.schedule.num_train_timesteps, (size,), generator=generator).to(device)
+        with torch.random.fork_rng(devices=[]):  # the noise too is the same at every validation
+            torch.manual_seed(1234 + i)
+            losses.append(float(policy.compute_loss(batch, timesteps=timesteps)[0]))
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -206,19 +206,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     env.close()
     store = EpisodeStore.open(cfg.dataset)
     train_eps, val_eps = split_episodes(store.n_episodes, cfg.val_ratio, cfg.seed)
-    timing = {
-        "horizon": cfg.policy.horizon,
-        "n_obs_steps": cfg.policy.n_obs_steps,
-        "n_action_steps": cfg.policy.n_action_steps,
-    }
+    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in obs_features.items()}})
+    try:
+        policy = build_policy(cfg.policy, obs_features, action_feature, normalizer).to(device)
+    except ValueError as exc:
+        raise ConfigError(f"policy: {exc}") from None
+    timing = policy.data_timing()
     train_set = SequenceDataset(store.path, list(obs_features), episodes=train_eps, **timing)
     val_set = SequenceDataset(store.path, list(obs_features), episodes=val_eps, **timing) if len(val_eps) else None
     if len(train_set) < cfg.batch_size:
         raise ConfigError(f"{store.path}: {len(train_set)} training windows, fewer than batch_size={cfg.batch_size}")
-    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in obs_features.items()}})
 
-    # model, EMA copy, optimizer, schedule
-    policy = DiffusionPolicy(cfg.policy, obs_features, action_feature, normalizer).to(device)
+    # EMA copy, optimizer, schedule
     ema = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))

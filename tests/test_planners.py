@@ -56,3 +56,38 @@ def test_value_guidance_raises_the_value_of_plans() -> None:
 
     unguided, guided = value(plans(None), None).mean(), value(plans(value), None).mean()
     assert guided > unguided + 0.05, (guided, unguided)
+
+
+def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(maze_store, tmp_path) -> None:
+    """`dpstack train policy=diffuser`'s code path on a small maze store, then eval.json through evaluate_policy."""
+    import json
+
+    from envs.registry import TaskConfig
+    from policy.checkpoint import load_policy
+    from policy.diffusion_policy import PolicyConfig
+    from policy.evaluate import evaluate_policy
+    from policy.train import train
+    from tests.conftest import MAZE, train_config
+
+    policy = PolicyConfig(
+        method="diffuser", preset="tiny", horizon=64, n_obs_steps=1, n_action_steps=1, num_train_timesteps=32
+    )
+    train(train_config(maze_store, tmp_path / "run", steps=150, batch_size=32, warmup_steps=20, policy=policy))
+    planner = load_policy(tmp_path / "run")
+    assert type(planner).__name__ == "DiffuserPlanner"
+    task = TaskConfig(**{**MAZE.__dict__, "max_steps": 150})
+    record = evaluate_policy(planner, task, episodes=3, seed=100000, out_dir=tmp_path / "eval", videos=0)
+    assert record["success_rate"] >= 2 / 3, record["per_episode"]
+    assert record["sampler"] == "diffuser-ddpm" and record["nfe_per_action"] == 32 / record["mean_steps"]
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert {"success_rate", "mean_score", "nfe_per_action", "tick_ms_p50", "per_episode", "seeds"} <= set(saved)
+    # plans honour the start and the goal exactly
+    state, goal = torch.tensor([[0.5, 0.5, 0.0, 0.0]]), torch.tensor([[-0.5, -0.5]])
+    plan = planner.plan(state, goal, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plan["state"][0, 0], state[0], atol=1e-5)
+    assert torch.allclose(plan["state"][0, -1], torch.tensor([-0.5, -0.5, 0.0, 0.0]), atol=1e-5)
+    from dpstack.cli import main
+
+    assert main(["plan", str(tmp_path / "run"), f"out={tmp_path / 'plan.png'}", "seed=100001"]) == 0
+    assert (tmp_path / "plan.png").stat().st_size > 1000
+    assert main(["export", f"checkpoint={tmp_path / 'run'}", f"out={tmp_path / 'onnx'}"]) == 2  # planners: not yet

@@ -5,13 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 
-def load_policy_and_sampler(checkpoint: str, sampler_cfg: Any, device: str = "cpu") -> tuple[Any, Any, Any]:
-    """(policy, its TaskConfig, the sampler `sampler_cfg` names) for a command that acts with a checkpoint."""
+def load_policy_and_sampler(
+    checkpoint: str, sampler_cfg: Any, device: str = "cpu", methods: tuple[str, ...] = ("diffusion_policy", "diffuser")
+) -> tuple[Any, Any, Any]:
+    """(policy, its TaskConfig, the sampler `sampler_cfg` names) for a command that acts with a checkpoint.
+
+    `methods`: the policy methods the command supports; another is a clear error.
+    """
     from dpstack.errors import ConfigError
     from envs.registry import TaskConfig
     from policy.checkpoint import CheckpointError, load_policy
 
     policy = load_policy(checkpoint, device)
+    if policy.cfg.method not in methods:
+        raise ConfigError(f"{checkpoint}: a {policy.cfg.method} checkpoint; this command takes {', '.join(methods)}")
     if "task" not in policy.checkpoint_config:
         raise CheckpointError(f"{checkpoint}: config.json has no 'task' entry (not written by dpstack train)")
     try:

@@ -40,6 +40,7 @@ def run(cfg: Config) -> int:
     import numpy as np
     import torch
 
+    from dpstack.errors import ConfigError
     from policy.checkpoint import load_policy
     from policy.data.dataset import SequenceDataset
     from policy.samplers import SamplerConfig
@@ -47,6 +48,10 @@ def run(cfg: Config) -> int:
 
     torch.set_num_threads(cfg.threads)
     policy = load_policy(cfg.checkpoint).eval()
+    if policy.cfg.method != "diffusion_policy":
+        raise ConfigError(
+            f"{cfg.checkpoint}: a {policy.cfg.method} checkpoint; RTI calibrates Diffusion Policy checkpoints"
+        )
     to, shift = policy.cfg.n_obs_steps, cfg.actions_per_tick
     sampler = policy.make_sampler(SamplerConfig(name="rti", first=cfg.first, actions_per_tick=shift))
     dataset = SequenceDataset(

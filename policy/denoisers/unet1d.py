@@ -23,6 +23,8 @@ PRESETS = {
     "image": {"down_dims": (512, 1024, 2048), "kernel_size": 5, "step_embed_dim": 128},
     # small and fast for CPU control (~4.5 M parameters)
     "small": {"down_dims": (64, 128, 256), "kernel_size": 5, "step_embed_dim": 128},
+    # Diffuser's temporal U-Net (dim 32, dim_mults 1, 2, 4, 8) for trajectory planning
+    "diffuser": {"down_dims": (32, 64, 128, 256), "kernel_size": 5, "step_embed_dim": 32},
     # tiny, for tests
     "tiny": {"down_dims": (16, 32), "kernel_size": 3, "step_embed_dim": 16},
 }
