@@ -19,18 +19,17 @@ same eval.json fields.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from envs.base import Feature
 from planners.diffusion import TrajectoryDiffusion
 from policy.denoisers import DENOISERS
 from policy.denoisers import unet1d as unet_presets
-from policy.execution import RecedingHorizon
+from policy.methods import PolicyModule
 from policy.normalizer import Normalizer
 
 
@@ -62,7 +61,7 @@ class PlanSampler:
         return 1  # one tracked action per control tick
 
 
-class DiffuserPlanner(nn.Module):
+class DiffuserPlanner(PolicyModule):
     """Trajectory diffusion + normalizer + PD tracking; built from a PolicyConfig with method=diffuser."""
 
     def __init__(
@@ -96,10 +95,6 @@ class DiffuserPlanner(nn.Module):
         self.diffusion = TrajectoryDiffusion(
             denoiser, self.action_dim, self.state_dim, self.schedule, opts.action_weight
         )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def data_timing(self) -> dict[str, int]:
         """Training windows: the state of every step of the horizon is planned over."""
@@ -176,24 +171,6 @@ class DiffuserPlanner(nn.Module):
         """Raw obs {key: (B, 1, ...)} -> the planned raw actions (B, H, A) from the current state to the goal."""
         key, goal = self.options.state_key, self.options.goal_key
         return self.plan(obs[key][:, -1], obs[goal][:, -1], generator=generator)["action"]
-
-    def reset(self, generator: torch.Generator | None = None, sampler: PlanSampler | None = None) -> None:
-        session = self.session(sampler, generator)
-        self._runner = RecedingHorizon(session, 1, 1)
-
-    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """One control tick: raw obs {key: (B, *shape)} -> raw action (B, A); plans at the episode's first tick."""
-        if getattr(self, "_runner", None) is None:
-            self.reset()
-        numpy_obs = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in obs.items()}
-        return torch.as_tensor(self._runner.select_action(numpy_obs))
-
-    def config_dict(self) -> dict[str, Any]:
-        return {
-            "policy": asdict(self.cfg),
-            "obs_features": {k: asdict(f) for k, f in self.obs_features.items()},
-            "action_feature": asdict(self.action_feature),
-        }
 
 
 class PlannerSession:

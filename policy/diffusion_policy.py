@@ -9,13 +9,12 @@ fitted on the training store, so raw environment values go in and raw actions co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from envs.base import Feature
 from policy.denoisers import DENOISERS
@@ -23,7 +22,7 @@ from policy.denoisers import mlp as mlp_presets
 from policy.denoisers import transformer as transformer_presets
 from policy.denoisers import unet1d as unet_presets
 from policy.encoders import ObservationEncoder
-from policy.execution import RecedingHorizon
+from policy.methods import PolicyModule
 from policy.normalizer import Normalizer
 from policy.samplers import Sampler, SamplerConfig, SamplerState, StreamLayout, build_sampler
 from policy.samplers.streaming import streaming_training_timesteps
@@ -92,7 +91,7 @@ class PolicyConfig:
         )
 
 
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(PolicyModule):
     """compute_loss(batch) for training; predict_action_chunk(obs), or reset() + select_action(obs), for acting.
 
     Args:
@@ -150,10 +149,6 @@ class DiffusionPolicy(nn.Module):
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Raw obs {key: (B, To, ...)} -> conditioning (B, C)."""
         return self.obs_encoder(self.normalize_obs(obs))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # ------------------------------------------------------------------ training
     def compute_loss(
@@ -237,32 +232,6 @@ class DiffusionPolicy(nn.Module):
 
     def session(self, sampler: Sampler | None = None, generator: torch.Generator | None = None) -> PolicySession:
         return PolicySession(self, sampler or self.default_sampler(), generator)
-
-    def reset(self, generator: torch.Generator | None = None, sampler: Sampler | None = None) -> None:
-        """Forget the observation history, queued actions and sampler state (call at every episode start).
-
-        `generator` draws this episode's sampling noise (None: torch's global RNG).
-        """
-        session = self.session(sampler, generator)
-        self._runner = RecedingHorizon(session, self.cfg.n_obs_steps, session.actions_per_tick)
-
-    def select_action(self, obs: Mapping[str, Any]) -> torch.Tensor:
-        """One control tick: raw obs {key: (B, *shape)} of the current step -> raw action (B, Da).
-
-        Keeps the last n_obs_steps observations, a queue of actions and the sampler's state; the
-        sampler runs when the queue is empty. The caller's dict is not modified.
-        """
-        if getattr(self, "_runner", None) is None:
-            self.reset()
-        numpy_obs = {k: v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v) for k, v in obs.items()}
-        return torch.as_tensor(self._runner.select_action(numpy_obs))
-
-    def config_dict(self) -> dict[str, Any]:
-        return {
-            "policy": asdict(self.cfg),
-            "obs_features": {k: asdict(f) for k, f in self.obs_features.items()},
-            "action_feature": asdict(self.action_feature),
-        }
 
 
 class PolicySession:

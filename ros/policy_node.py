@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -110,8 +109,6 @@ class PolicyNode(LifecycleNode):
         declare_config(self, dataclasses.replace(cfg, use_sim_time=False), skip=("use_sim_time",))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._lock = threading.Lock()
-        self._control_group = MutuallyExclusiveCallbackGroup()  # observations, the control timer, services
-        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
         self._enabled = cfg.enabled
         self._watchdog_timeout_ns = int(cfg.watchdog_timeout * 1e9)
         self.configure_error = ""
@@ -125,7 +122,6 @@ class PolicyNode(LifecycleNode):
         self._diagnostics_timer = self.create_timer(  # wall clock: reports go on while sim time is paused
             cfg.diagnostics_period,
             self._publish_diagnostics,
-            callback_group=self._diagnostics_group,
             clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
 
@@ -160,7 +156,6 @@ class PolicyNode(LifecycleNode):
                     topic.topic,
                     lambda msg, topic=topic: self._on_observation(topic, msg),
                     SENSOR_QOS,
-                    callback_group=self._control_group,
                     event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),
                 )
             )
@@ -171,8 +166,8 @@ class PolicyNode(LifecycleNode):
             else None
         )
         self._entities += [
-            self.create_service(Trigger, "~/reset", self._on_reset, callback_group=self._control_group),
-            self.create_service(SetBool, "~/enable", self._on_enable, callback_group=self._control_group),
+            self.create_service(Trigger, "~/reset", self._on_reset),
+            self.create_service(SetBool, "~/enable", self._on_enable),
         ]
         self._requests: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="dpstack-inference", daemon=True)
@@ -214,7 +209,7 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             self._restart_episode()
             self._active = True
-        self._timer = self.create_timer(self.period_s, self._control_tick, callback_group=self._control_group)
+        self._timer = self.create_timer(self.period_s, self._control_tick)
         self.get_logger().info("active: publishing actions")
         return super().on_activate(state)
 

@@ -8,11 +8,12 @@ from rclpy.node import Node
 
 
 def spin_until_shutdown(make_node: Callable[[], Node]) -> int:
-    """rclpy.init, build the node (it has `start()` and `stop()`), `start()` it, spin one thread until shutdown, `stop()` it, clean up.
+    """rclpy.init, build the node (it has `start()` and `stop()`), start it, spin until shutdown, stop it.
 
     One executor thread serves every callback: nodes that need time-consuming work (inference, a
     simulation loop) run it on their own thread, so callbacks stay short. (rclpy 7.1's
-    MultiThreadedExecutor also misses about 7% of /clock-driven timer periods under sim time.)
+    MultiThreadedExecutor missed 14 of 200 /clock-driven timer periods in a one-off probe here; the
+    single-threaded one missed none.)
     """
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
