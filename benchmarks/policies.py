@@ -39,7 +39,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _run(args: list[str], log: Path) -> None:
+def run_command(args: list[str], log: Path) -> None:
+    """Run a dpstack command line (echoed, output appended to `log`); a failure stops the benchmark."""
     print("$", shlex.join(["dpstack", *args[1:]]), flush=True)
     with log.open("a") as out:
         subprocess.run(args, check=True, stdout=out, stderr=subprocess.STDOUT)
@@ -91,7 +92,7 @@ def run_recipe(name: str, runs: Path, eval_episodes: int) -> dict[str, Any]:
         ],
     ]
     for command in commands:
-        _run(command, log)
+        run_command(command, log)
     record = json.loads((eval_dir / "eval.json").read_text())
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {

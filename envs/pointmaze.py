@@ -6,6 +6,11 @@ noise). The task continues after the goal is reached (sparse reward 1 per step w
 goal), as in D4RL, so the return R counts the steps spent at the goal.
 
 Observations: ``state`` (4: x, y, vx, vy) and ``goal`` (2). Action: 2-d force in [-1, 1].
+``reward_type="dense"`` gives exp(-distance to the goal) per step instead (the ``-dense`` tasks, a reward
+task for value-guided planning). ``reset_target=True`` draws a new goal whenever the goal is reached,
+as D4RL's Maze2D data collection does (``dpstack collect ... task.env.reset_target=true``): every
+window of such a store is in motion, which is what a trajectory planner learns from.
+
 Score: D4RL-style normalized return 100 * (R - R_random) / (R_expert - R_random), with references
 measured in this env (``benchmarks/experts.py``) and stored in ``configs/task/pointmaze-*.yaml``.
 Success: the goal was reached during the episode.
@@ -51,9 +56,13 @@ class PointMazeEnv(TaskEnv):
         max_steps: int | None = None,
         r_random: float | None = None,
         r_expert: float | None = None,
+        reward_type: str = "sparse",
+        reset_target: bool = False,
     ) -> None:
         if maze not in MAZES:
             raise ValueError(f"unknown maze {maze!r}; choose one of {sorted(MAZES)}")
+        if reward_type not in ("sparse", "dense"):
+            raise ValueError(f"reward_type must be 'sparse' or 'dense', got {reward_type!r}")
         if image:
             raise ValueError("pointmaze has no image observation variant (image=false)")
         env_id, default_steps = MAZES[maze]
@@ -61,7 +70,13 @@ class PointMazeEnv(TaskEnv):
         self.maze_name = maze
         self.max_steps = max_steps or default_steps
         self.references = (r_random, r_expert) if r_random is not None and r_expert is not None else None
-        self._env = gym.make(env_id, continuing_task=True, reset_target=False, max_episode_steps=10**9).unwrapped
+        self._env = gym.make(
+            env_id,
+            continuing_task=True,
+            reset_target=reset_target,
+            reward_type=reward_type,
+            max_episode_steps=10**9,
+        ).unwrapped
         self.control_hz = 1.0 / self._env.point_env.dt
         self._init_spaces()
 

@@ -70,6 +70,8 @@ class PointMazeExpert:
             self.waypoint = np.asarray(self.maze.cell_rowcol_to_xy(np.array(cell)), dtype=float) + jitter
 
     def act(self, env: Any) -> np.ndarray:
+        if not np.array_equal(env.sim.goal, self.goal):  # the env drew a new goal (reset_target=True)
+            self.reset(env)
         data = env.sim.point_env.data
         pos, vel = data.qpos[:2].copy(), data.qvel[:2].copy()
         cell = tuple(int(v) for v in self.maze.cell_xy_to_rowcol(pos))

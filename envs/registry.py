@@ -37,6 +37,11 @@ TASKS: dict[str, TaskEntry] = {
     "pointmaze-large": TaskEntry(
         "envs.pointmaze:PointMazeEnv", "envs.pointmaze_expert:PointMazeExpert", {"maze": "large"}
     ),
+    "pointmaze-umaze-dense": TaskEntry(
+        "envs.pointmaze:PointMazeEnv",
+        "envs.pointmaze_expert:PointMazeExpert",
+        {"maze": "umaze", "reward_type": "dense"},
+    ),
     "lift": TaskEntry(
         "envs.robosuite_tasks:RobosuiteEnv", "envs.robosuite_expert:RobosuiteExpert", {"task": "Lift"}, {"task": "Lift"}
     ),

@@ -8,8 +8,8 @@ network never learns to denoise what is given).
 
 The noise schedule and the reverse step are the project's (`policy.schedulers`), so the planner and
 the policies share one set of diffusion math. Value guidance (Diffuser section 3.3) is an optional
-`guide`: a differentiable value of the trajectory whose gradient, scaled by the step's posterior
-variance, moves the mean of each reverse step.
+`guide`: a differentiable value of the noisy trajectory x_t whose gradient, scaled by the step's
+posterior variance, moves x_t before each reverse step (`n_guide_steps` times, none below `t_stopgrad`).
 """
 
 from __future__ import annotations
@@ -120,16 +120,16 @@ class TrajectoryDiffusion(nn.Module):
         for i, step_t in enumerate(timesteps.tolist()):
             t = torch.full((batch,), step_t, dtype=torch.long, device=device)
             prev_t = torch.full_like(t, timesteps[i + 1].item() if i + 1 < len(timesteps) else -1)
-            with torch.no_grad():
-                out = scheduler.step(self._eps(x, t), t, prev_t, x, None)
-            mean = out.mean
             if guide is not None and step_t >= guide_config.t_stopgrad:
-                variance = out.std**2
+                # Diffuser's guided step: climb the value of x_t, in steps scaled by the step's posterior variance
+                variance = scheduler.variance(t, prev_t, x)
                 for _ in range(guide_config.n_guide_steps):
                     with torch.enable_grad():
-                        probe = mean.detach().requires_grad_(True)
+                        probe = x.detach().requires_grad_(True)
                         (grad,) = torch.autograd.grad(guide(probe, t).sum(), probe)
-                    mean = inpaint(mean + guide_config.scale * variance * grad, conditions, self.action_dim)
+                    x = inpaint(x + guide_config.scale * variance * grad, conditions, self.action_dim)
+            with torch.no_grad():
+                out = scheduler.step(self._eps(x, t), t, prev_t, x, None)
             noise = torch.randn(shape, generator=generator).to(device) if prev_t[0] >= 0 else None
-            x = inpaint(mean if noise is None else mean + out.std * noise, conditions, self.action_dim)
+            x = inpaint(out.mean if noise is None else out.mean + out.std * noise, conditions, self.action_dim)
         return x

@@ -184,7 +184,8 @@ def evaluate_source(
         latency_steps=latency_steps,
     )
     nfe_per_action = source.network_evaluations / max(1, len(run["ticks_ms"]))
-    record = summarize(task, sampler_name, nfe_per_action, run, latency_steps=latency_steps, **extra)
+    measured = source.eval_fields() if hasattr(source, "eval_fields") else {}  # e.g. a planner's planning time
+    record = summarize(task, sampler_name, nfe_per_action, run, latency_steps=latency_steps, **measured, **extra)
     if out_dir is not None:
         write_eval(out_dir, record)
     return record

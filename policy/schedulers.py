@@ -113,6 +113,12 @@ class DDPMScheduler:
         n = num_inference_steps or self.schedule.num_train_timesteps
         return spaced_timesteps(self.schedule.num_train_timesteps, n, spacing)
 
+    def variance(self, t: torch.Tensor, prev_t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The posterior variance of the step t -> prev_t, broadcastable to `like` (Diffuser scales guidance by it)."""
+        abar_t = self.schedule.alpha_bar(t, like)
+        abar_prev = self.schedule.alpha_bar(prev_t, like)
+        return (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -134,8 +140,7 @@ class DDPMScheduler:
         mean = (abar_prev.sqrt() * beta_t / (1 - abar_t)) * x0 + (
             alpha_t.sqrt() * (1 - abar_prev) / (1 - abar_t)
         ) * sample
-        variance = (1 - abar_prev) / (1 - abar_t) * beta_t
-        std = variance.clamp(min=0).sqrt()  # 0 at the last step (prev_t = -1)
+        std = self.variance(t, prev_t, sample).clamp(min=0).sqrt()  # 0 at the last step (prev_t = -1)
         std = std.clamp(min=self.min_std) if self.min_std > 0 else std
         prev = mean if noise is None else mean + std * noise
         return StepOutput(prev, mean, std, x0)

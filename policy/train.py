@@ -292,7 +292,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             epoch, batch_in_epoch = epoch + 1, 0
             batches = iter(_loader(train_set, cfg, epoch, 0))
             continue
-        loss, _ = policy.compute_loss(_to(batch, device))
+        loss, parts = policy.compute_loss(_to(batch, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -307,6 +307,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
             "epoch": epoch,
+            **{k: v for k, v in parts.items() if k != "loss"},  # a method's loss terms, e.g. a planner's value loss
         }
         if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             record["val_loss"] = validation_loss(ema, val_set, cfg, device)

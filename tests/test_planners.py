@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
 from policy.denoisers.unet1d import ConditionalUnet1D
+from policy.samplers import SamplerConfig
 from policy.schedulers import NoiseSchedule
 
 
@@ -91,3 +94,59 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     assert main(["plan", str(tmp_path / "run"), f"out={tmp_path / 'plan.png'}", "seed=100001"]) == 0
     assert (tmp_path / "plan.png").stat().st_size > 1000
     assert main(["export", f"checkpoint={tmp_path / 'run'}", f"out={tmp_path / 'onnx'}"]) == 2  # planners: not yet
+    with pytest.raises(ValueError, match="need a value net"):
+        planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=0.1))
+
+
+def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None:
+    """policy=diffuser-value on a noisy dense-reward maze store: the value loss falls, plans are ranked by
+    value, the receding horizon replans every `replan_every` ticks and eval.json reports the planning time."""
+    import json
+
+    from dpstack.config import load_config
+    from envs.collect import collect
+    from envs.registry import load_task_config
+    from policy.checkpoint import load_policy
+    from policy.evaluate import evaluate_policy
+    from policy.train import TrainConfig, train
+
+    task = load_task_config("pointmaze-umaze-dense", ["max_steps=100"])
+    collect(task, episodes=12, out=tmp_path / "dense.zarr", noise=0.3, progress=False)
+    cfg = load_config(
+        "train",
+        TrainConfig,
+        [
+            "task=pointmaze-umaze-dense",
+            "task.max_steps=40",
+            "policy=diffuser-value",
+            "policy.preset=tiny",
+            "policy.method_kwargs.n_samples=4",
+            f"dataset={tmp_path / 'dense.zarr'}",
+            f"out={tmp_path / 'run'}",
+            "steps=120",
+            "batch_size=32",
+            "warmup_steps=10",
+            "eval_episodes=0",
+            "progress=false",
+            "threads=1",
+        ],
+    )
+    train(cfg)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    value_losses = [m["value_loss"] for m in metrics if "value_loss" in m]
+    assert len(value_losses) == 120 and np.mean(value_losses[-20:]) < 0.5 * np.mean(value_losses[:20])
+    planner = load_policy(tmp_path / "run")
+    assert planner.value is not None and not planner.options.condition_goal
+    plan = planner.plan(torch.tensor([[0.0, 0.0, 0.0, 0.0]] * 2), torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
+    assert plan["state"].shape == (2, 32, 4) and plan["value"].shape == (2,)
+    assert torch.allclose(plan["state"][:, 0], torch.zeros(2, 4), atol=1e-5)  # only the start is inpainted
+    record = evaluate_policy(
+        planner, cfg.task, episodes=2, seed=100000, num_envs=2, out_dir=tmp_path / "eval", videos=0
+    )
+    assert record["sampler"] == "diffuser-ddpm-guided0.1-best4"
+    assert record["plans_per_episode"] == 40 / 4 and record["plan_ms_p50"] > 0
+    assert {"plan_ms_p50", "plans_per_episode", "mean_return"} <= set(
+        json.loads((tmp_path / "eval" / "eval.json").read_text())
+    )
+    unguided = planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=0.0, n_samples=1, replan_every=0))
+    assert unguided.name == "diffuser-ddpm" and unguided.replan_every == 0

@@ -8,9 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dpstack.errors import StoreError
-from policy.data.dataset import SequenceDataset
+from policy.data.dataset import SequenceDataset, discounted_returns
 from policy.data.sampler import SequenceSampler, split_episodes
 from policy.data.store import EpisodeStore
+from tests.conftest import make_episode
 
 
 def test_windows_cover_every_step_with_edge_padding() -> None:
@@ -100,3 +101,31 @@ def test_dataset_rejects_missing_keys_and_bad_timing(small_store: EpisodeStore) 
         SequenceDataset(small_store.path, obs_keys=["velocity"])
     with pytest.raises(ValueError, match="n_obs_steps"):
         SequenceDataset(small_store.path, obs_keys=["state"], horizon=4, n_obs_steps=5)
+
+
+def test_discounted_returns_restart_at_every_episode() -> None:
+    rewards = np.array([1.0, 2.0, 4.0, 1.0, 1.0])
+    returns = discounted_returns(rewards, np.array([3, 5]), discount=0.5)
+    np.testing.assert_allclose(returns, [1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4, 1.5, 1])
+
+
+def test_unpadded_windows_with_returns(tmp_path) -> None:
+    """A planner's windows (padding off) stay inside their episode and carry the return-to-go of their first step."""
+    store = EpisodeStore.create(tmp_path / "r.zarr")
+    for index, length in enumerate([6, 4]):
+        episode = make_episode(index, length)
+        episode["reward"] = np.arange(length, dtype=np.float32) + 10 * index
+        store.append_episode(episode)
+    dataset = SequenceDataset(
+        store.path, obs_keys=["state"], horizon=3, n_obs_steps=3, n_action_steps=1, padding=False, returns_discount=0.9
+    )
+    assert len(dataset) == (6 - 3 + 1) + (4 - 3 + 1)
+    expected = discounted_returns(store.read("reward"), store.episode_ends, 0.9)
+    for i in range(len(dataset)):
+        window = dataset.sampler[i]
+        assert window.pad_front == 0 and window.stop - window.start == 3
+        assert dataset[i]["return"].item() == pytest.approx(expected[window.start], rel=1e-6)
+    no_reward = EpisodeStore.create(tmp_path / "n.zarr")
+    no_reward.append_episode(make_episode(0, 4))
+    with pytest.raises(StoreError, match=r"missing key\(s\) \['reward'\]"):
+        SequenceDataset(no_reward.path, obs_keys=["state"], horizon=3, n_action_steps=1, returns_discount=0.9)

@@ -66,6 +66,10 @@ class SequenceDataset(Dataset):
         episodes: episode indices to use (e.g. the train part of `split_episodes`); default all.
         ram_budget_bytes: keys are loaded into RAM while their total size stays under this.
         cache_chunks: decoded chunks kept per lazily read key and per process.
+        padding: let windows overhang episode edges (see `policy.data.sampler`); False keeps every
+            window inside its episode (a trajectory planner learns whole motions, not held frames).
+        returns_discount: when set, each item also holds "return": the discounted return-to-go of
+            `reward_key` from the window's first step to the end of its episode (Diffuser's value target).
     """
 
     def __init__(
@@ -79,6 +83,9 @@ class SequenceDataset(Dataset):
         episodes: np.ndarray | None = None,
         ram_budget_bytes: int = DEFAULT_RAM_BUDGET,
         cache_chunks: int = 16,
+        padding: bool = True,
+        returns_discount: float | None = None,
+        reward_key: str = "reward",
     ) -> None:
         if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
             raise ValueError(
@@ -86,7 +93,8 @@ class SequenceDataset(Dataset):
                 f"1 <= n_action_steps ({n_action_steps}) <= horizon"
             )
         self.store = EpisodeStore.open(path)
-        missing = [k for k in [*obs_keys, action_key] if k not in self.store.keys]
+        needed = [*obs_keys, action_key, *([reward_key] if returns_discount is not None else [])]
+        missing = [k for k in needed if k not in self.store.keys]
         if missing:
             raise StoreError(f"{self.store.path}: missing key(s) {missing}; the store has {self.store.keys}")
         if self.store.n_episodes == 0:
@@ -97,9 +105,14 @@ class SequenceDataset(Dataset):
         self.sampler = SequenceSampler(
             self.store.episode_ends,
             horizon=horizon,
-            pad_before=n_obs_steps - 1,
-            pad_after=n_action_steps - 1,
+            pad_before=n_obs_steps - 1 if padding else 0,
+            pad_after=n_action_steps - 1 if padding else 0,
             episodes=episodes,
+        )
+        self.returns = (
+            None
+            if returns_discount is None
+            else discounted_returns(self.store.read(reward_key), self.store.episode_ends, returns_discount)
         )
         self._in_ram: dict[str, np.ndarray] = {}
         self._lazy: dict[str, _LazyKey] = {}
@@ -127,7 +140,24 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         window = self.sampler[i]
-        return {
+        item: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {
             "obs": {key: self._take(key, window, self.n_obs_steps) for key in self.obs_keys},
             "action": self._take(self.action_key, window, None),
         }
+        if self.returns is not None:
+            item["return"] = torch.tensor(self.returns[window.rows(1)[0]], dtype=torch.float32)
+        return item
+
+
+def discounted_returns(rewards: np.ndarray, episode_ends: np.ndarray, discount: float) -> np.ndarray:
+    """Per step, sum_k discount^k reward[t + k] up to the end of that step's episode (float64)."""
+    rewards = np.asarray(rewards, dtype=np.float64).reshape(len(rewards), -1).sum(axis=1)
+    returns = np.zeros_like(rewards)
+    start = 0
+    for end in np.asarray(episode_ends, dtype=np.int64):
+        running = 0.0
+        for t in range(end - 1, start - 1, -1):
+            running = rewards[t] + discount * running
+            returns[t] = running
+        start = end
+    return returns

@@ -34,7 +34,9 @@ def _conv_block(cin: int, cout: int, kernel: int, groups: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish())
 
 
-class _ResidualFiLMBlock(nn.Module):
+class ResidualFiLMBlock(nn.Module):
+    """Two conv blocks with FiLM from the conditioning after the first, plus a residual (1x1 conv when widths differ)."""
+
     def __init__(self, cin: int, cout: int, cond_dim: int, kernel: int, groups: int) -> None:
         super().__init__()
         self.conv1 = _conv_block(cin, cout, kernel, groups)
@@ -79,22 +81,22 @@ class ConditionalUnet1D(nn.Module):
             self.down.append(
                 nn.ModuleList(
                     [
-                        _ResidualFiLMBlock(cin, cout, film_dim, kernel_size, n_groups),
-                        _ResidualFiLMBlock(cout, cout, film_dim, kernel_size, n_groups),
+                        ResidualFiLMBlock(cin, cout, film_dim, kernel_size, n_groups),
+                        ResidualFiLMBlock(cout, cout, film_dim, kernel_size, n_groups),
                         nn.Conv1d(cout, cout, 3, 2, 1) if not last else nn.Identity(),
                     ]
                 )
             )
         mid = down_dims[-1]
-        self.mid = nn.ModuleList([_ResidualFiLMBlock(mid, mid, film_dim, kernel_size, n_groups) for _ in range(2)])
+        self.mid = nn.ModuleList([ResidualFiLMBlock(mid, mid, film_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
         # each up level joins the skip of the same resolution, then doubles the length back
         for cout, cin in zip(reversed(down_dims[:-1]), reversed(down_dims[1:]), strict=True):
             self.up.append(
                 nn.ModuleList(
                     [
-                        _ResidualFiLMBlock(cin * 2, cout, film_dim, kernel_size, n_groups),
-                        _ResidualFiLMBlock(cout, cout, film_dim, kernel_size, n_groups),
+                        ResidualFiLMBlock(cin * 2, cout, film_dim, kernel_size, n_groups),
+                        ResidualFiLMBlock(cout, cout, film_dim, kernel_size, n_groups),
                         nn.ConvTranspose1d(cout, cout, 4, 2, 1),
                     ]
                 )

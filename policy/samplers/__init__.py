@@ -58,6 +58,16 @@ class SamplerConfig:
         default=None, metadata={"help": "rti: discrete action dims scaled in the warm start (None: the task's)"}
     )
     discrete_scale: float = field(default=0.1, metadata={"help": "rti: scale of discrete dims in the warm start"})
+    guide_scale: float | None = field(
+        default=None, metadata={"help": "planner: value-guidance scale, 0 unguided (None: the planner's)"}
+    )
+    n_samples: int | None = field(
+        default=None,
+        metadata={"help": "planner: plans sampled per decision, the best by value runs (None: the planner's)"},
+    )
+    replan_every: int | None = field(
+        default=None, metadata={"help": "planner: replan every N ticks, 0 once per episode (None: the planner's)"}
+    )
 
 
 def make_sampler(

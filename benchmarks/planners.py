@@ -1,0 +1,156 @@
+"""Diffuser planner benchmarks: collect -> train -> evaluate through the CLI a user runs.
+
+Goal reaching (Diffuser's Maze2D protocol): a D4RL-style store per maze (the expert waypoint controller
+with a new goal whenever one is reached, `task.env.reset_target=true`), `policy=diffuser[-medium|-large]`,
+then `dpstack eval` on the fixed-goal task: success rate, D4RL normalized score (references measured in
+this env, configs/task) and the planning time per plan on this CPU.
+
+Value guidance: a store of a noisy controller (action noise 0.3) on `pointmaze-umaze-dense` (reward
+exp(-distance to goal)), `policy=diffuser-value`, evaluated three ways from the same checkpoint:
+guided and ranked by value (the preset), unguided best-of-N ranked by the value net, and unguided
+single samples.
+
+Finished steps are skipped (stores resume, a finished run is reused, an interrupted one continues), so
+the script can be re-run after a stop. Results: benchmarks/results/planners.json and .md.
+
+    python -m benchmarks.planners [--recipes diffuser-umaze,diffuser-value] [--steps 5000] [--episodes 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+from pathlib import Path
+from typing import Any
+
+from benchmarks.policies import DPSTACK, run_command
+from benchmarks.report import write_results
+
+MAZE_PRESETS = {"umaze": "diffuser", "medium": "diffuser-medium", "large": "diffuser-large"}
+TRAIN = ["batch_size=32", "lr=2e-4", "warmup_steps=200", "eval_episodes=0", "checkpoint_every=500", "threads=2"]
+
+# name -> (task to evaluate, collect arguments, policy preset, evaluations {label: eval overrides})
+RECIPES: dict[str, dict[str, Any]] = {
+    **{
+        f"diffuser-{maze}": {
+            "task": f"pointmaze-{maze}",
+            "collect": [f"task=pointmaze-{maze}", "task.env.reset_target=true", "task.max_steps=1000", "episodes=100"],
+            "policy": preset,
+            "evals": {"plan once": []},
+        }
+        for maze, preset in MAZE_PRESETS.items()
+    },
+    "diffuser-value": {
+        "task": "pointmaze-umaze-dense",
+        "collect": ["task=pointmaze-umaze-dense", "episodes=300", "noise=0.3"],
+        "policy": "diffuser-value",
+        "evals": {
+            "guided, best of 16 by value": [],
+            "unguided, best of 16 by value": ["sampler.guide_scale=0"],
+            "unguided, one sample": ["sampler.guide_scale=0", "sampler.n_samples=1"],
+        },
+    },
+}
+
+
+def run_recipe(name: str, runs: Path, steps: int, episodes: int) -> list[dict[str, Any]]:
+    recipe = RECIPES[name]
+    store, run_dir, log = runs / f"{name}.zarr", runs / name, runs / f"{name}.log"
+    commands = [
+        [DPSTACK, "collect", *recipe["collect"], f"out={store}", "workers=2", "progress=false"],
+        [
+            DPSTACK,
+            "train",
+            f"task={recipe['task']}",
+            f"policy={recipe['policy']}",
+            f"dataset={store}",
+            f"out={run_dir}",
+            f"steps={steps}",
+            *TRAIN,
+            "progress=false",
+            *(["resume=true"] if run_dir.exists() else []),
+        ],
+    ]
+    for command in commands:
+        run_command(command, log)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = []
+    for i, (label, overrides) in enumerate(recipe["evals"].items()):
+        eval_dir = runs / f"{name}-eval{i}"
+        command = [
+            DPSTACK,
+            "eval",
+            f"checkpoint={run_dir}",
+            f"episodes={episodes}",
+            "sampler=ddpm",
+            *overrides,
+            f"out={eval_dir}",
+            "num_envs=1",  # one plan per planning call: the time per plan is that of one plan
+            "threads=2",
+            "videos=2",
+            "progress=false",
+        ]
+        run_command(command, log)
+        record = json.loads((eval_dir / "eval.json").read_text())
+        rows.append(
+            {
+                "recipe": name,
+                "task": recipe["task"],
+                "planning": label,
+                "train_steps": history[-1]["step"],
+                "train_minutes": round(history[-1].get("train_s", 0.0) / 60, 1),
+                "sampler": record["sampler"],
+                "episodes": record["episodes"],
+                "success_rate": record["success_rate"],
+                "mean_score": record["mean_score"],
+                "mean_return": record.get("mean_return"),
+                "plan_ms_p50": record.get("plan_ms_p50"),
+                "plans_per_episode": record.get("plans_per_episode"),
+                "nfe_per_action": record["nfe_per_action"],
+                "commands": [shlex.join(["dpstack", *c[1:]]) for c in [*commands, command]],
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
+    parser.add_argument("--runs", default="runs/planners", help="where stores and runs live")
+    parser.add_argument("--steps", type=int, default=5000, help="training steps per recipe")
+    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per row")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    rows = [row for name in args.recipes.split(",") for row in run_recipe(name, runs, args.steps, args.episodes)]
+    previous = Path(args.out) / "planners.json"
+    if previous.exists():
+        done = {r["recipe"] for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if r["recipe"] not in done] + rows
+        rows.sort(key=lambda r: list(RECIPES).index(r["recipe"]))
+    write_results(
+        Path(args.out),
+        "planners",
+        rows,
+        columns=[
+            ("recipe", "recipe"),
+            ("task", "task"),
+            ("planning", "planning"),
+            ("train steps", "train_steps"),
+            ("train min", "train_minutes"),
+            ("episodes", "episodes"),
+            ("success", "success_rate"),
+            ("normalized score", "mean_score"),
+            ("return", "mean_return"),
+            ("ms / plan", "plan_ms_p50"),
+            ("plans / episode", "plans_per_episode"),
+        ],
+        meta={"machine": platform.machine(), "device": "cpu", "torch_threads": 2},
+    )
+
+
+if __name__ == "__main__":
+    main()
