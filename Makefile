@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers bench-export bench-ros clean
+.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers bench-export bench-ros bench-planners clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -49,6 +49,9 @@ bench-export: setup
 
 bench-ros: setup
 	$(PY) -m benchmarks.ros
+
+bench-planners: setup
+	$(PY) -m benchmarks.planners
 
 bench: bench-data bench-experts
 

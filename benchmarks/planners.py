@@ -13,7 +13,7 @@ single samples.
 Finished steps are skipped (stores resume, a finished run is reused, an interrupted one continues), so
 the script can be re-run after a stop. Results: benchmarks/results/planners.json and .md.
 
-    python -m benchmarks.planners [--recipes diffuser-umaze,diffuser-value] [--steps 5000] [--episodes 50]
+    python -m benchmarks.planners [--recipes diffuser-umaze,diffuser-value] [--steps N] [--episodes N]
 """
 
 from __future__ import annotations
@@ -28,24 +28,33 @@ from typing import Any
 from benchmarks.policies import DPSTACK, run_command
 from benchmarks.report import write_results
 
-MAZE_PRESETS = {"umaze": "diffuser", "medium": "diffuser-medium", "large": "diffuser-large"}
+# maze -> (policy preset, training steps, eval episodes): what fits this CPU's budget (Diffuser: 2 M steps on a GPU)
+MAZE_PRESETS = {
+    "umaze": ("diffuser", 5000, 50),
+    "medium": ("diffuser-medium", 3000, 30),
+    "large": ("diffuser-large", 2000, 30),
+}
 TRAIN = ["batch_size=32", "lr=2e-4", "warmup_steps=200", "eval_episodes=0", "checkpoint_every=500", "threads=2"]
 
-# name -> (task to evaluate, collect arguments, policy preset, evaluations {label: eval overrides})
+# name -> task to evaluate, collect arguments, policy preset, training steps, eval episodes, evaluations {label: overrides}
 RECIPES: dict[str, dict[str, Any]] = {
     **{
         f"diffuser-{maze}": {
             "task": f"pointmaze-{maze}",
             "collect": [f"task=pointmaze-{maze}", "task.env.reset_target=true", "task.max_steps=1000", "episodes=100"],
             "policy": preset,
+            "steps": steps,
+            "episodes": episodes,
             "evals": {"plan once": []},
         }
-        for maze, preset in MAZE_PRESETS.items()
+        for maze, (preset, steps, episodes) in MAZE_PRESETS.items()
     },
     "diffuser-value": {
         "task": "pointmaze-umaze-dense",
         "collect": ["task=pointmaze-umaze-dense", "episodes=300", "noise=0.3"],
         "policy": "diffuser-value",
+        "steps": 4000,
+        "episodes": 20,
         "evals": {
             "guided, best of 16 by value": [],
             "unguided, best of 16 by value": ["sampler.guide_scale=0"],
@@ -55,8 +64,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def run_recipe(name: str, runs: Path, steps: int, episodes: int) -> list[dict[str, Any]]:
+def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -> list[dict[str, Any]]:
     recipe = RECIPES[name]
+    steps, episodes = steps or recipe["steps"], episodes or recipe["episodes"]
     store, run_dir, log = runs / f"{name}.zarr", runs / name, runs / f"{name}.log"
     commands = [
         [DPSTACK, "collect", *recipe["collect"], f"out={store}", "workers=2", "progress=false"],
@@ -119,8 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, from {', '.join(RECIPES)}")
     parser.add_argument("--runs", default="runs/planners", help="where stores and runs live")
-    parser.add_argument("--steps", type=int, default=5000, help="training steps per recipe")
-    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per row")
+    parser.add_argument("--steps", type=int, default=None, help="training steps of every recipe (default: its own)")
+    parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per row (default: its own)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     runs = Path(args.runs)

@@ -98,7 +98,7 @@ def _check_compatible(store: EpisodeStore, settings: dict[str, Any]) -> dict[str
             raise StoreError(f"{store.path}: holds episodes that were not made by `dpstack collect`; use a new out")
         return {"failed_seeds": []}
     for key, value in settings.items():
-        if previous.get(key) != value:
+        if key in previous and previous[key] != value:  # (stores made before a setting was recorded lack it)
             raise StoreError(
                 f"{store.path}: was collected with {key}={previous.get(key)!r}, not {value!r}; "
                 "resume with the same settings or choose a new out"
@@ -133,6 +133,7 @@ def collect(
         "noise": noise,
         "keep_failed": keep_failed,
         "seed": seed,
+        "env": dict(task.env),  # env arguments such as reset_target change the data too
     }
     record = _check_compatible(store, settings)
     done_seeds = set(np.unique(store.read("seed")).tolist()) if store.n_episodes else set()

@@ -51,7 +51,18 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     collect(MAZE, episodes=1, out=out, keep_failed=True, progress=False)
     with pytest.raises(StoreError, match=r"was collected with noise=0\.0, not 0\.5"):
         collect(MAZE, episodes=2, out=out, noise=0.5, keep_failed=True, progress=False)
+    multigoal = TaskConfig(name="pointmaze-umaze", max_steps=60, env={"reset_target": True})
+    with pytest.raises(StoreError, match=r"was collected with env=\{\}, not \{'reset_target': True\}"):
+        collect(multigoal, episodes=2, out=out, keep_failed=True, progress=False)
     assert EpisodeStore.open(out).n_episodes == 1
+
+
+def test_reset_target_collects_a_walk_over_several_goals(tmp_path: Path) -> None:
+    """D4RL Maze2D-style data: the env draws a new goal whenever one is reached and the expert follows it."""
+    multigoal = TaskConfig(name="pointmaze-umaze", max_steps=400, env={"reset_target": True})
+    collect(multigoal, episodes=1, out=tmp_path / "walk.zarr", progress=False)
+    goals = EpisodeStore.open(tmp_path / "walk.zarr").read("goal")
+    assert len(np.unique(goals, axis=0)) >= 3
 
 
 def test_failed_episodes_are_skipped_and_remembered(tmp_path: Path) -> None:
