@@ -31,8 +31,8 @@ from benchmarks.report import write_results
 # maze -> (policy preset, training steps, eval episodes): what fits this CPU's budget (Diffuser: 2 M steps on a GPU)
 MAZE_PRESETS = {
     "umaze": ("diffuser", 5000, 50),
-    "medium": ("diffuser-medium", 3000, 30),
-    "large": ("diffuser-large", 2000, 30),
+    "medium": ("diffuser-medium", 2000, 20),
+    "large": ("diffuser-large", 1500, 20),
 }
 TRAIN = ["batch_size=32", "lr=2e-4", "warmup_steps=200", "eval_episodes=0", "checkpoint_every=500", "threads=2"]
 
@@ -53,7 +53,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "task": "pointmaze-umaze-dense",
         "collect": ["task=pointmaze-umaze-dense", "episodes=300", "noise=0.3"],
         "policy": "diffuser-value",
-        "steps": 4000,
+        "steps": 2500,
         "episodes": 20,
         "evals": {
             "guided, best of 16 by value": [],

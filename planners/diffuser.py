@@ -51,6 +51,9 @@ class DiffuserOptions:
     kd: float = 1.0
     replan_distance: float = 0.0  # replan when this far from the planned position (0: never for that reason)
     condition_goal: bool = True  # inpaint the goal at the end of the horizon (goal reaching)
+    global_conditioning: bool = (
+        True  # also give the conditioned states to the denoiser by FiLM (see TrajectoryDiffusion)
+    )
     value_discount: float = 0.0  # > 0: train a value net on the discounted return-to-go (Diffuser: 0.997)
     guide_scale: float = 0.0  # value guidance step size (0: unguided)
     n_guide_steps: int = 2
@@ -121,10 +124,12 @@ class DiffuserPlanner(PolicyModule):
         self.goal_dim = int(np.prod(obs_features[opts.goal_key].shape)) if opts.goal_key else 0
         self.normalizer = normalizer if normalizer is not None else Normalizer()
         kwargs = {**unet_presets.PRESETS[cfg.preset], **cfg.denoiser_kwargs}
-        denoiser = DENOISERS["unet"](self.action_dim + self.state_dim, 0, **kwargs)
+        n_conditions = 2 if opts.condition_goal else 1
+        cond_dim = n_conditions * self.state_dim if opts.global_conditioning else 0
+        denoiser = DENOISERS["unet"](self.action_dim + self.state_dim, cond_dim, **kwargs)
         self.schedule = cfg.schedule()
         self.diffusion = TrajectoryDiffusion(
-            denoiser, self.action_dim, self.state_dim, self.schedule, opts.action_weight
+            denoiser, self.action_dim, self.state_dim, self.schedule, opts.action_weight, opts.global_conditioning
         )
         self.value = (
             TrajectoryValue(

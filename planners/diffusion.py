@@ -27,7 +27,7 @@ Guide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (trajectories, t
 
 
 def inpaint(x: torch.Tensor, conditions: Conditions, action_dim: int) -> torch.Tensor:
-    """A copy of `x` whose state part at each conditioned time index holds the given state."""
+    """A copy of `x` whose state part at each conditioned time index holds the given state (NaN entries stay free)."""
     x = x.clone()
     for index, state in conditions.items():
         if state.shape != (x.shape[0], x.shape[2] - action_dim):
@@ -35,7 +35,8 @@ def inpaint(x: torch.Tensor, conditions: Conditions, action_dim: int) -> torch.T
                 f"condition at index {index}: state shape {tuple(state.shape)}, expected "
                 f"({x.shape[0]}, {x.shape[2] - action_dim})"
             )
-        x[:, index, action_dim:] = state.to(x.dtype)
+        state = state.to(x.dtype)
+        x[:, index, action_dim:] = torch.where(torch.isnan(state), x[:, index, action_dim:], state)  # NaN: left free
     return x
 
 
@@ -58,23 +59,40 @@ class TrajectoryDiffusion(nn.Module):
         action_dim, state_dim: the trajectory's columns are [actions, states].
         schedule: the forward process (shared vocabulary with the policies).
         action_weight: loss weight of the first action (Diffuser weighs it 10x: it is what gets executed).
+        global_conditioning: also feed the conditioned states (in time-index order) to the denoiser as
+            its global FiLM condition, whose width must then be n_conditions * state_dim. Inpainting alone
+            is Diffuser; on a CPU budget of thousands rather than millions of steps the denoiser has not
+            learned to tie the states next to an inpainted one to it, and plans jump away from the start.
     """
 
     def __init__(
-        self, denoiser: nn.Module, action_dim: int, state_dim: int, schedule: NoiseSchedule, action_weight: float = 10.0
+        self,
+        denoiser: nn.Module,
+        action_dim: int,
+        state_dim: int,
+        schedule: NoiseSchedule,
+        action_weight: float = 10.0,
+        global_conditioning: bool = False,
     ) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.action_dim, self.state_dim = action_dim, state_dim
         self.schedule = schedule
         self.action_weight = action_weight
+        self.global_conditioning = global_conditioning
 
     @property
     def transition_dim(self) -> int:
         return self.action_dim + self.state_dim
 
-    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x, t, x.new_zeros(x.shape[0], 0))
+    def _cond(self, x: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        """The denoiser's global condition: the conditioned states in time-index order (free entries 0), or none."""
+        if not self.global_conditioning:
+            return x.new_zeros(x.shape[0], 0)
+        return torch.cat([conditions[i].to(x.dtype) for i in sorted(conditions)], dim=-1).nan_to_num(0.0)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x, t, cond)
 
     def loss(
         self,
@@ -94,7 +112,8 @@ class TrajectoryDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn(trajectories.shape, generator=generator).to(trajectories)
         noisy = inpaint(self.schedule.add_noise(trajectories, noise, t), conditions, self.action_dim)
-        error = (self._eps(noisy, t) - self.schedule.training_target(trajectories, noise)) ** 2
+        predicted = self._eps(noisy, t, self._cond(trajectories, conditions))
+        error = (predicted - self.schedule.training_target(trajectories, noise)) ** 2
         weights = torch.ones_like(trajectories[0])
         weights[0, : self.action_dim] = self.action_weight
         for index in conditions:
@@ -116,6 +135,7 @@ class TrajectoryDiffusion(nn.Module):
         device = next(self.parameters()).device
         shape = (batch, horizon, self.transition_dim)
         x = inpaint(torch.randn(shape, generator=generator).to(device), conditions, self.action_dim)
+        cond = self._cond(x, conditions)
         timesteps = scheduler.timesteps(num_inference_steps)
         for i, step_t in enumerate(timesteps.tolist()):
             t = torch.full((batch,), step_t, dtype=torch.long, device=device)
@@ -129,7 +149,7 @@ class TrajectoryDiffusion(nn.Module):
                         (grad,) = torch.autograd.grad(guide(probe, t).sum(), probe)
                     x = inpaint(x + guide_config.scale * variance * grad, conditions, self.action_dim)
             with torch.no_grad():
-                out = scheduler.step(self._eps(x, t), t, prev_t, x, None)
+                out = scheduler.step(self._eps(x, t, cond), t, prev_t, x, None)
             noise = torch.randn(shape, generator=generator).to(device) if prev_t[0] >= 0 else None
             x = inpaint(out.mean if noise is None else out.mean + out.std * noise, conditions, self.action_dim)
         return x
