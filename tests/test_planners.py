@@ -12,14 +12,17 @@ from policy.samplers import SamplerConfig
 from policy.schedulers import NoiseSchedule
 
 
-def _model(action_dim: int = 2, state_dim: int = 4) -> TrajectoryDiffusion:
+def _model(action_dim: int = 2, state_dim: int = 4, n_global_conditions: int = 0) -> TrajectoryDiffusion:
     torch.manual_seed(0)
-    denoiser = ConditionalUnet1D(action_dim + state_dim, 0, down_dims=(16, 32), step_embed_dim=16)
-    return TrajectoryDiffusion(denoiser, action_dim, state_dim, NoiseSchedule(num_train_timesteps=20))
+    cond_dim = n_global_conditions * state_dim
+    denoiser = ConditionalUnet1D(action_dim + state_dim, cond_dim, down_dims=(16, 32), step_embed_dim=16)
+    schedule = NoiseSchedule(num_train_timesteps=20)
+    return TrajectoryDiffusion(denoiser, action_dim, state_dim, schedule, global_conditioning=cond_dim > 0)
 
 
-def test_inpainting_holds_start_and_goal_states_exactly_through_sampling() -> None:
-    model = _model().eval()
+@pytest.mark.parametrize("n_global_conditions", [0, 2], ids=["inpainting", "inpainting+film"])
+def test_inpainting_holds_start_and_goal_states_exactly_through_sampling(n_global_conditions: int) -> None:
+    model = _model(n_global_conditions=n_global_conditions).eval()
     start, goal = torch.tensor([[0.1, -0.2, 0.3, 0.0]] * 3), torch.tensor([[0.5, 0.5, 0.0, 0.0]] * 3)
     plans = model.sample({0: start, 15: goal}, horizon=16, batch=3, generator=torch.Generator().manual_seed(1))
     assert plans.shape == (3, 16, 6)
