@@ -102,8 +102,11 @@ def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -
             "videos=2",
             "progress=false",
         ]
-        run_command(command, log)
-        record = json.loads((eval_dir / "eval.json").read_text())
+        model = run_dir / "checkpoints" / "latest" / "model.safetensors"
+        done = eval_dir / "eval.json"
+        if not done.exists() or done.stat().st_mtime < model.stat().st_mtime:  # an evaluation of this model: kept
+            run_command(command, log)
+        record = json.loads(done.read_text())
         rows.append(
             {
                 "recipe": name,
