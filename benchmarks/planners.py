@@ -32,7 +32,7 @@ from benchmarks.report import write_results
 MAZE_PRESETS = {
     "umaze": ("diffuser", 5000, 50),
     "medium": ("diffuser-medium", 2000, 20),
-    "large": ("diffuser-large", 1500, 20),
+    "large": ("diffuser-large", 1000, 20),
 }
 TRAIN = ["batch_size=32", "lr=2e-4", "warmup_steps=200", "eval_episodes=0", "checkpoint_every=500", "threads=2"]
 

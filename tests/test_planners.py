@@ -146,7 +146,7 @@ def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None
     record = evaluate_policy(
         planner, cfg.task, episodes=2, seed=100000, num_envs=2, out_dir=tmp_path / "eval", videos=0
     )
-    assert record["sampler"] == "diffuser-ddpm-guided0.1-best4"
+    assert record["sampler"] == "diffuser-ddpm-guided1-best4"
     assert record["plans_per_episode"] == 40 / 4 and record["plan_ms_p50"] > 0
     assert {"plan_ms_p50", "plans_per_episode", "mean_return"} <= set(
         json.loads((tmp_path / "eval" / "eval.json").read_text())
