@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.policies import DPSTACK, run_command
-from benchmarks.report import write_results
+from benchmarks.report import merge_with_previous, write_results
 
 # maze -> (policy preset, training steps, eval episodes): what fits this CPU's budget (Diffuser: 2 M steps on a GPU)
 MAZE_PRESETS = {
@@ -139,11 +139,7 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     rows = [row for name in args.recipes.split(",") for row in run_recipe(name, runs, args.steps, args.episodes)]
-    previous = Path(args.out) / "planners.json"
-    if previous.exists():
-        done = {r["recipe"] for r in rows}
-        rows = [r for r in json.loads(previous.read_text())["rows"] if r["recipe"] not in done] + rows
-        rows.sort(key=lambda r: list(RECIPES).index(r["recipe"]))
+    rows = merge_with_previous(Path(args.out), "planners", rows, list(RECIPES))
     write_results(
         Path(args.out),
         "planners",

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import write_results
+from benchmarks.report import merge_with_previous, write_results
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
 
@@ -123,11 +123,7 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     rows = [run_recipe(name, runs, args.eval_episodes) for name in args.recipes.split(",")]
-    previous = Path(args.out) / "policies.json"
-    if previous.exists():
-        done = {r["recipe"] for r in rows}
-        rows = [r for r in json.loads(previous.read_text())["rows"] if r["recipe"] not in done] + rows
-        rows.sort(key=lambda r: list(RECIPES).index(r["recipe"]))
+    rows = merge_with_previous(Path(args.out), "policies", rows, list(RECIPES))
     write_results(
         Path(args.out),
         "policies",

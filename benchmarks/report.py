@@ -42,3 +42,15 @@ def write_results(
     md_path.write_text("\n".join(lines) + "\n")
     print(f"wrote {json_path} and {md_path}")
     return json_path, md_path
+
+
+def merge_with_previous(
+    out_dir: Path, name: str, rows: list[dict[str, Any]], order: Sequence[str]
+) -> list[dict[str, Any]]:
+    """`rows` plus the rows of `<out_dir>/<name>.json` whose recipe this run did not re-measure, in `order`."""
+    previous = out_dir / f"{name}.json"
+    if not previous.exists():
+        return rows
+    done = {r["recipe"] for r in rows}
+    kept = [r for r in json.loads(previous.read_text())["rows"] if r["recipe"] not in done]
+    return sorted(kept + rows, key=lambda r: list(order).index(r["recipe"]))

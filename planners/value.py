@@ -9,13 +9,11 @@ the window's first step (scaled by 1 - discount so values stay O(1)). Its gradie
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 
 from policy.denoisers.embeddings import timestep_mlp
-from policy.denoisers.unet1d import ResidualFiLMBlock
+from policy.denoisers.unet1d import down_levels
 
 
 class TrajectoryValue(nn.Module):
@@ -34,18 +32,7 @@ class TrajectoryValue(nn.Module):
         self.cond_dim = cond_dim
         self.step_encoder = timestep_mlp(step_embed_dim)
         film_dim = step_embed_dim + cond_dim
-        self.blocks = nn.ModuleList()
-        for i, (cin, cout) in enumerate(itertools.pairwise([transition_dim, *down_dims])):
-            last = i == len(down_dims) - 1
-            self.blocks.append(
-                nn.ModuleList(
-                    [
-                        ResidualFiLMBlock(cin, cout, film_dim, kernel_size, n_groups),
-                        ResidualFiLMBlock(cout, cout, film_dim, kernel_size, n_groups),
-                        nn.Conv1d(cout, cout, 3, 2, 1) if not last else nn.Identity(),
-                    ]
-                )
-            )
+        self.blocks = down_levels(transition_dim, down_dims, film_dim, kernel_size, n_groups)
         width = down_dims[-1]
         self.head = nn.Sequential(nn.Linear(width + film_dim, width // 2), nn.Mish(), nn.Linear(width // 2, 1))
 

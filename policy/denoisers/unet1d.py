@@ -54,6 +54,23 @@ class ResidualFiLMBlock(nn.Module):
         return self.conv2(out) + self.skip(x)
 
 
+def down_levels(in_dim: int, down_dims: tuple[int, ...], film_dim: int, kernel: int, groups: int) -> nn.ModuleList:
+    """The U-Net's down path: per level two FiLM residual blocks, then a stride-2 conv (none after the last)."""
+    levels = nn.ModuleList()
+    for i, (cin, cout) in enumerate(itertools.pairwise([in_dim, *down_dims])):
+        last = i == len(down_dims) - 1
+        levels.append(
+            nn.ModuleList(
+                [
+                    ResidualFiLMBlock(cin, cout, film_dim, kernel, groups),
+                    ResidualFiLMBlock(cout, cout, film_dim, kernel, groups),
+                    nn.Conv1d(cout, cout, 3, 2, 1) if not last else nn.Identity(),
+                ]
+            )
+        )
+    return levels
+
+
 class ConditionalUnet1D(nn.Module):
     """eps_theta(sample (B, T, Da), timesteps (B,) | (B, T), cond (B, C)) -> (B, T, Da).
 
@@ -74,19 +91,7 @@ class ConditionalUnet1D(nn.Module):
         self.levels = len(down_dims)
         self.step_encoder = timestep_mlp(step_embed_dim)
         film_dim = step_embed_dim + cond_dim
-        dims = [action_dim, *down_dims]
-        self.down = nn.ModuleList()
-        for i, (cin, cout) in enumerate(itertools.pairwise(dims)):
-            last = i == len(down_dims) - 1
-            self.down.append(
-                nn.ModuleList(
-                    [
-                        ResidualFiLMBlock(cin, cout, film_dim, kernel_size, n_groups),
-                        ResidualFiLMBlock(cout, cout, film_dim, kernel_size, n_groups),
-                        nn.Conv1d(cout, cout, 3, 2, 1) if not last else nn.Identity(),
-                    ]
-                )
-            )
+        self.down = down_levels(action_dim, down_dims, film_dim, kernel_size, n_groups)
         mid = down_dims[-1]
         self.mid = nn.ModuleList([ResidualFiLMBlock(mid, mid, film_dim, kernel_size, n_groups) for _ in range(2)])
         self.up = nn.ModuleList()
