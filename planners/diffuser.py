@@ -51,9 +51,8 @@ class DiffuserOptions:
     kd: float = 1.0
     replan_distance: float = 0.0  # replan when this far from the planned position (0: never for that reason)
     condition_goal: bool = True  # inpaint the goal at the end of the horizon (goal reaching)
-    global_conditioning: bool = (
-        True  # also give the conditioned states to the denoiser by FiLM (see TrajectoryDiffusion)
-    )
+    # also give the conditioned states to the denoiser by FiLM (see TrajectoryDiffusion)
+    global_conditioning: bool = True
     value_discount: float = 0.0  # > 0: train a value net on the discounted return-to-go (Diffuser: 0.997)
     guide_scale: float = 0.0  # value guidance step size (0: unguided)
     n_guide_steps: int = 2
