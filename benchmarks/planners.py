@@ -3,7 +3,8 @@
 Goal reaching (Diffuser's Maze2D protocol): a D4RL-style store per maze (the expert waypoint controller
 with a new goal whenever one is reached, `task.env.reset_target=true`), `policy=diffuser[-medium|-large]`,
 then `dpstack eval` on the fixed-goal task: success rate, D4RL normalized score (references measured in
-this env, configs/task) and the planning time per plan on this CPU.
+this env, configs/task), the planning time per plan on this CPU, and how coherent the plans are (the
+first and the largest step between planned positions, against the store's own steps).
 
 Value guidance: a store of a noisy controller (action noise 0.3) on `pointmaze-umaze-dense` (reward
 exp(-distance to goal)), `policy=diffuser-value`, evaluated three ways from the same checkpoint:
@@ -27,6 +28,7 @@ from typing import Any
 
 from benchmarks.policies import DPSTACK, run_command
 from benchmarks.report import merge_with_previous, write_results
+from envs.registry import TaskConfig
 
 # maze -> (policy preset, training steps, eval episodes): what fits this CPU's budget (Diffuser: 2 M steps on a GPU)
 MAZE_PRESETS = {
@@ -64,6 +66,40 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def plan_steps(run_dir: Path, seeds: range = range(100000, 100004)) -> dict[str, float]:
+    """How coherent the plans are: median over `seeds` of the first and the largest step between consecutive
+    planned positions, beside the 99th percentile of the same step in the training store (its own motion)."""
+    import numpy as np
+    import torch
+
+    from policy.checkpoint import load_policy, read_json, resolve_checkpoint
+    from policy.data.store import EpisodeStore
+
+    torch.set_num_threads(2)
+    planner = load_policy(run_dir)
+    task = TaskConfig(**read_json(resolve_checkpoint(run_dir) / "config.json")["task"])
+    env = task.make_env()
+    first, largest = [], []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        plan = planner.plan(
+            torch.as_tensor(obs["state"])[None], torch.as_tensor(obs["goal"])[None],
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        steps = np.linalg.norm(np.diff(plan["state"][0, :, :2].numpy(), axis=0), axis=1)
+        first.append(steps[0])
+        largest.append(steps.max())
+    env.close()
+    store = EpisodeStore.open(read_json(run_dir / "train_config.json")["dataset"])
+    data = np.linalg.norm(np.diff(store.read("state")[:, :2], axis=0), axis=1)
+    data = np.delete(data, store.episode_ends[:-1] - 1)  # no steps across episode boundaries
+    return {
+        "plan_first_step": float(np.median(first)),
+        "plan_max_step": float(np.median(largest)),
+        "data_step_p99": float(np.percentile(data, 99)),
+    }
+
+
 def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -> list[dict[str, Any]]:
     recipe = RECIPES[name]
     steps, episodes = steps or recipe["steps"], episodes or recipe["episodes"]
@@ -86,6 +122,7 @@ def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -
     for command in commands:
         run_command(command, log)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    coherence = plan_steps(run_dir) if recipe["policy"] != "diffuser-value" else {}
     rows = []
     for i, (label, overrides) in enumerate(recipe["evals"].items()):
         eval_dir = runs / f"{name}-eval{i}"
@@ -122,6 +159,7 @@ def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -
                 "plan_ms_p50": record.get("plan_ms_p50"),
                 "plans_per_episode": record.get("plans_per_episode"),
                 "nfe_per_action": record["nfe_per_action"],
+                **coherence,
                 "commands": [shlex.join(["dpstack", *c[1:]]) for c in [*commands, command]],
             }
         )
@@ -156,6 +194,9 @@ def main() -> None:
             ("return", "mean_return"),
             ("ms / plan", "plan_ms_p50"),
             ("plans / episode", "plans_per_episode"),
+            ("plan 1st step", "plan_first_step"),
+            ("plan max step", "plan_max_step"),
+            ("data step p99", "data_step_p99"),
         ],
         meta={"machine": platform.machine(), "device": "cpu", "torch_threads": 2},
     )

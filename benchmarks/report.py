@@ -28,7 +28,8 @@ def write_results(
     columns: Sequence[tuple[str, str]],
     meta: dict[str, Any],
 ) -> tuple[Path, Path]:
-    """Write `<out_dir>/<name>.json` (every row and `meta`) and `<out_dir>/<name>.md` (chosen columns)."""
+    """Write `<out_dir>/<name>.json` (every row and `meta`) and `<out_dir>/<name>.md` (chosen columns; a row
+    without a column leaves its cell empty)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {**meta, "dpstack_version": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     json_path = out_dir / f"{name}.json"
@@ -36,7 +37,7 @@ def write_results(
     lines = [
         "| " + " | ".join(title for title, _ in columns) + " |",
         "| " + " | ".join("---" for _ in columns) + " |",
-        *("| " + " | ".join(_cell(row[key]) for _, key in columns) + " |" for row in rows),
+        *("| " + " | ".join(_cell(row.get(key, "")) for _, key in columns) + " |" for row in rows),
     ]
     md_path = out_dir / f"{name}.md"
     md_path.write_text("\n".join(lines) + "\n")

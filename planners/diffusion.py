@@ -27,7 +27,7 @@ Guide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (trajectories, t
 
 
 def inpaint(x: torch.Tensor, conditions: Conditions, action_dim: int) -> torch.Tensor:
-    """A copy of `x` whose state part at each conditioned time index holds the given state (NaN entries stay free)."""
+    """A copy of `x` whose state part at each conditioned time index holds the given state."""
     x = x.clone()
     for index, state in conditions.items():
         if state.shape != (x.shape[0], x.shape[2] - action_dim):
@@ -35,8 +35,7 @@ def inpaint(x: torch.Tensor, conditions: Conditions, action_dim: int) -> torch.T
                 f"condition at index {index}: state shape {tuple(state.shape)}, expected "
                 f"({x.shape[0]}, {x.shape[2] - action_dim})"
             )
-        state = state.to(x.dtype)
-        x[:, index, action_dim:] = torch.where(torch.isnan(state), x[:, index, action_dim:], state)  # NaN: left free
+        x[:, index, action_dim:] = state.to(x.dtype)
     return x
 
 
@@ -54,8 +53,8 @@ class TrajectoryDiffusion(nn.Module):
     """eps_theta over trajectories + the DDPM reverse process with inpainting (and optional guidance).
 
     Args:
-        denoiser: (x (B, H, D), timesteps (B,), cond (B, 0)) -> (B, H, D), e.g. an unconditioned
-            `ConditionalUnet1D` (Diffuser's temporal U-Net).
+        denoiser: (x (B, H, D), timesteps (B,), cond (B, C)) -> (B, H, D), e.g. a `ConditionalUnet1D`
+            (Diffuser's temporal U-Net) with C = 0, or n_conditions * state_dim with global_conditioning.
         action_dim, state_dim: the trajectory's columns are [actions, states].
         schedule: the forward process (shared vocabulary with the policies).
         action_weight: loss weight of the first action (Diffuser weighs it 10x: it is what gets executed).
@@ -86,13 +85,10 @@ class TrajectoryDiffusion(nn.Module):
         return self.action_dim + self.state_dim
 
     def _cond(self, x: torch.Tensor, conditions: Conditions) -> torch.Tensor:
-        """The denoiser's global condition: the conditioned states in time-index order (free entries 0), or none."""
+        """The denoiser's global condition: the conditioned states in time-index order, or none."""
         if not self.global_conditioning:
             return x.new_zeros(x.shape[0], 0)
-        return torch.cat([conditions[i].to(x.dtype) for i in sorted(conditions)], dim=-1).nan_to_num(0.0)
-
-    def _eps(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.denoiser(x, t, cond)
+        return torch.cat([conditions[i].to(x.dtype) for i in sorted(conditions)], dim=-1)
 
     def loss(
         self,
@@ -112,7 +108,7 @@ class TrajectoryDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn(trajectories.shape, generator=generator).to(trajectories)
         noisy = inpaint(self.schedule.add_noise(trajectories, noise, t), conditions, self.action_dim)
-        predicted = self._eps(noisy, t, self._cond(trajectories, conditions))
+        predicted = self.denoiser(noisy, t, self._cond(trajectories, conditions))
         error = (predicted - self.schedule.training_target(trajectories, noise)) ** 2
         weights = torch.ones_like(trajectories[0])
         weights[0, : self.action_dim] = self.action_weight
@@ -149,7 +145,7 @@ class TrajectoryDiffusion(nn.Module):
                         (grad,) = torch.autograd.grad(guide(probe, t).sum(), probe)
                     x = inpaint(x + guide_config.scale * variance * grad, conditions, self.action_dim)
             with torch.no_grad():
-                out = scheduler.step(self._eps(x, t, cond), t, prev_t, x, None)
+                out = scheduler.step(self.denoiser(x, t, cond), t, prev_t, x, None)
             noise = torch.randn(shape, generator=generator).to(device) if prev_t[0] >= 0 else None
             x = inpaint(out.mean if noise is None else out.mean + out.std * noise, conditions, self.action_dim)
         return x
