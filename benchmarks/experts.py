@@ -2,7 +2,8 @@
 
 Also measures the PointMaze normalized-score references in this env: R_random (uniform random
 actions) and R_expert (the waypoint controller), mean return over the same seeds, which
-`configs/task/pointmaze-*.yaml` store.
+`configs/task/pointmaze-*.yaml` store, and an upper bound on the normalized score any controller can
+reach in this env (`free_space_bound`).
 
     python -m benchmarks.experts [--tasks pusht,lift] [--seeds 100] [--out benchmarks/results]
 """
@@ -38,6 +39,36 @@ def random_return(task: TaskConfig, seeds: range) -> float:
     return float(np.mean(returns))
 
 
+def free_space_bound(task: TaskConfig, seeds: range) -> float:
+    """An upper bound on the mean sparse return of any controller over `seeds`.
+
+    Walls and floor friction only slow the point down, and a force of at most 1 per axis has at most
+    sqrt(2) along any direction, so no controller covers a distance faster than the point pushed by
+    (1, 1) from rest with contacts turned off. Each episode's return is then at most the steps left
+    after that point would first come within the success radius (0.45) of the goal in a straight line.
+    """
+    env = task.make_env()
+    obs, _ = env.reset(seed=0)
+    model = env.sim.point_env.model
+    model.geom_contype[:] = 0
+    model.geom_conaffinity[:] = 0
+    start, reach = obs["state"][:2].copy(), [0.0]
+    for _ in range(env.max_steps):
+        obs, *_ = env.step(np.ones(2, np.float32))
+        reach.append(float(np.linalg.norm(obs["state"][:2] - start)))
+    env.close()
+    reach = np.maximum.accumulate(reach)
+    env = task.make_env()  # contacts back on
+    bounds = []
+    for seed in seeds:
+        obs, _ = env.reset(seed=seed)
+        distance = float(np.linalg.norm(obs["state"][:2] - obs["goal"])) - 0.45
+        first = int(np.searchsorted(reach, distance)) if distance > 0 else 0  # steps before the first reward
+        bounds.append(max(0, env.max_steps - max(first - 1, 0)))
+    env.close()
+    return float(np.mean(bounds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task names")
@@ -69,6 +100,9 @@ def main() -> None:
         if name.startswith("pointmaze"):
             row["r_random"] = random_return(task, seeds)
             row["r_expert"] = row["mean_return"]
+            if env.reward_type == "sparse":  # the bound counts steps at the goal
+                row["return_bound"] = free_space_bound(task, seeds)
+                row["score_bound"] = 100 * (row["return_bound"] - row["r_random"]) / (row["r_expert"] - row["r_random"])
         rows.append(row)
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     previous = Path(args.out) / "experts.json"
@@ -87,6 +121,10 @@ def main() -> None:
             ("mean score", "mean_score"),
             ("mean steps", "mean_steps"),
             ("CPU s / episode", "cpu_s_per_episode"),
+            ("R random", "r_random"),
+            ("R expert", "r_expert"),
+            ("R bound", "return_bound"),
+            ("score bound", "score_bound"),
         ],
         meta={"seeds": f"0..{args.seeds - 1}", "noise": 0.0},
     )

@@ -68,6 +68,7 @@ class PointMazeEnv(TaskEnv):
         env_id, default_steps = MAZES[maze]
         self.features = {"state": Feature((4,)), "goal": Feature((2,))}
         self.maze_name = maze
+        self.reward_type = reward_type
         self.max_steps = max_steps or default_steps
         self.references = (r_random, r_expert) if r_random is not None and r_expert is not None else None
         self._env = gym.make(
