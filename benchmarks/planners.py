@@ -33,7 +33,7 @@ from envs.registry import TaskConfig
 # maze -> (policy preset, training steps, eval episodes): what fits this CPU's budget (Diffuser: 2 M steps on a GPU)
 MAZE_PRESETS = {
     "umaze": ("diffuser", 5000, 50),
-    "medium": ("diffuser-medium", 2000, 20),
+    "medium": ("diffuser-medium", 5000, 20),
     "large": ("diffuser-large", 1000, 20),
 }
 TRAIN = ["batch_size=32", "lr=2e-4", "warmup_steps=200", "eval_episodes=0", "checkpoint_every=500", "threads=2"]
@@ -47,7 +47,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "policy": preset,
             "steps": steps,
             "episodes": episodes,
-            "evals": {"plan once": []},
+            "evals": {"plan once": [], "plan once, stop at goal": ["sampler.stop_at_goal=0.45"]},
         }
         for maze, (preset, steps, episodes) in MAZE_PRESETS.items()
     },

@@ -59,25 +59,30 @@ class DiffuserOptions:
     t_stopgrad: int = 2  # no guidance at diffusion timesteps below this
     n_samples: int = 1  # plans per decision; the best by value is executed
     replan_every: int = 0  # receding horizon: replan every N control ticks (0: plan once per episode)
+    # goal reaching: cut each plan at its first state this close to the goal and hold the goal from there
+    # (0: track the whole plan, as Diffuser does, overshoots included)
+    stop_at_goal: float = 0.0
 
     def __post_init__(self) -> None:
         if self.condition_goal and not self.goal_key:
             raise ValueError("condition_goal=true needs a goal_key")
         if not 0.0 <= self.value_discount < 1.0:
             raise ValueError(f"value_discount must be in [0, 1), got {self.value_discount}")
-        if self.n_samples < 1 or self.replan_every < 0 or self.n_guide_steps < 0:
-            raise ValueError("need n_samples >= 1, replan_every >= 0 and n_guide_steps >= 0")
+        if self.n_samples < 1 or self.replan_every < 0 or self.n_guide_steps < 0 or self.stop_at_goal < 0:
+            raise ValueError("need n_samples >= 1, replan_every >= 0, n_guide_steps >= 0 and stop_at_goal >= 0")
 
 
 @dataclass(frozen=True)
 class PlanSampler:
     """How plans are sampled and used: DDPM over `num_inference_steps` levels (None: all) with inpainting,
-    `n_samples` per decision, value guidance of `guide_scale`, a new plan every `replan_every` ticks."""
+    `n_samples` per decision, value guidance of `guide_scale`, a new plan every `replan_every` ticks, each
+    plan cut where it first comes within `stop_at_goal` of the goal (0: never)."""
 
     num_inference_steps: int | None = None
     guide_scale: float = 0.0
     n_samples: int = 1
     replan_every: int = 0
+    stop_at_goal: float = 0.0
     actions_per_tick: int = 1
     stateful: bool = False
 
@@ -88,6 +93,8 @@ class PlanSampler:
             name += f"-guided{self.guide_scale:g}"
         if self.n_samples > 1:
             name += f"-best{self.n_samples}"
+        if self.stop_at_goal > 0:
+            name += f"-stop{self.stop_at_goal:g}"
         return name
 
     def chunk_length(self, horizon: int) -> int:
@@ -264,6 +271,7 @@ class DiffuserPlanner(PolicyModule):
             guide_scale=float(pick("guide_scale", opts.guide_scale)),
             n_samples=int(pick("n_samples", opts.n_samples)),
             replan_every=int(pick("replan_every", opts.replan_every)),
+            stop_at_goal=float(pick("stop_at_goal", opts.stop_at_goal)),
         )
         if self.value is None and (sampler.guide_scale > 0 or sampler.n_samples > 1):
             raise ValueError(
@@ -325,6 +333,8 @@ class PlannerSession:
         )["state"]
         self.plan_ms.append((time.perf_counter() - start) * 1000)
         planned = planned.cpu().numpy()
+        if goal is not None and self.sampler.stop_at_goal > 0:
+            planned = self._cut_at_goal(planned, goal[rows])
         self.rows_planned += len(rows)
         if self.plan is None:
             self.rows_started += len(rows)
@@ -334,6 +344,16 @@ class PlannerSession:
         steps = self.sampler.num_inference_steps or self.planner.schedule.num_train_timesteps
         per_step = 1 + (2 * self.planner.options.n_guide_steps if self.sampler.guide_scale > 0 else 0)
         self.network_evaluations += steps * per_step * self.sampler.n_samples
+
+    def _cut_at_goal(self, planned: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """From each plan's first state within `stop_at_goal` of its goal on, the goal at rest: Diffuser's
+        plans reach the goal where the data would and often walk on past it; the end of the horizon only
+        brings them back."""
+        at_rest = self.planner.goal_state(torch.as_tensor(goal)).numpy()
+        near = np.linalg.norm(planned[..., : goal.shape[1]] - goal[:, None], axis=-1) <= self.sampler.stop_at_goal
+        first = np.where(near.any(axis=1), near.argmax(axis=1), planned.shape[1])
+        cut = np.arange(planned.shape[1])[None] >= first[:, None]
+        return np.where(cut[..., None], at_rest[:, None], planned)
 
     def __call__(self, history: Mapping[str, np.ndarray]) -> np.ndarray:
         opts = self.planner.options

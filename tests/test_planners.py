@@ -99,6 +99,17 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     assert main(["export", f"checkpoint={tmp_path / 'run'}", f"out={tmp_path / 'onnx'}"]) == 2  # planners: not yet
     with pytest.raises(ValueError, match="need a value net"):
         planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=0.1))
+    # stop_at_goal: the same plan, cut at its first state within 0.3 of the goal, the goal at rest from there
+    history = {"state": state.numpy()[:, None], "goal": goal.numpy()[:, None]}
+    whole = planner.session(planner.make_sampler(SamplerConfig(name="ddpm")), torch.Generator().manual_seed(5))
+    cut_sampler = planner.make_sampler(SamplerConfig(name="ddpm", stop_at_goal=0.3))
+    cut = planner.session(cut_sampler, torch.Generator().manual_seed(5))
+    whole(history), cut(history)
+    near = np.linalg.norm(whole.plan[0, :, :2] - goal.numpy()[0], axis=1) <= 0.3
+    first = int(near.argmax())
+    assert cut_sampler.name == "diffuser-ddpm-stop0.3" and near[-1]
+    np.testing.assert_array_equal(cut.plan[0, :first], whole.plan[0, :first])
+    np.testing.assert_array_equal(cut.plan[0, first:], np.tile([-0.5, -0.5, 0.0, 0.0], (64 - first, 1)))
 
 
 def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None:

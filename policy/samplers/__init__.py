@@ -68,6 +68,12 @@ class SamplerConfig:
     replan_every: int | None = field(
         default=None, metadata={"help": "planner: replan every N ticks, 0 once per episode (None: the planner's)"}
     )
+    stop_at_goal: float | None = field(
+        default=None,
+        metadata={
+            "help": "planner: cut a plan where it first comes this close to the goal, 0 never (None: the planner's)"
+        },
+    )
 
 
 def make_sampler(
