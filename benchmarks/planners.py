@@ -47,7 +47,11 @@ RECIPES: dict[str, dict[str, Any]] = {
             "policy": preset,
             "steps": steps,
             "episodes": episodes,
-            "evals": {"plan once": [], "plan once, stop at goal": ["sampler.stop_at_goal=0.45"]},
+            "evals": {
+                "plan once": [],
+                "plan once, stop at goal": ["sampler.stop_at_goal=0.45"],
+                "first to arrive of 4, stop at goal": ["sampler.stop_at_goal=0.45", "sampler.n_samples=4"],
+            },
         }
         for maze, (preset, steps, episodes) in MAZE_PRESETS.items()
     },

@@ -40,6 +40,14 @@ from policy.methods import PolicyModule
 from policy.normalizer import Normalizer
 
 
+def first_arrival(positions: torch.Tensor, goal: torch.Tensor, radius: float) -> torch.Tensor:
+    """Planned positions (B, H, G) and goals (B, G) -> (B,) the first index within `radius` of the goal
+    (H where a plan never comes that close)."""
+    near = torch.linalg.vector_norm(positions - goal[:, None], dim=-1) <= radius
+    never = torch.full_like(near[:, 0], positions.shape[1], dtype=torch.long)
+    return torch.where(near.any(dim=1), near.long().argmax(dim=1), never)
+
+
 @dataclass(frozen=True)
 class DiffuserOptions:
     """`policy.method_kwargs` of a diffuser config (validated here: unknown keys are errors)."""
@@ -218,7 +226,8 @@ class DiffuserPlanner(PolicyModule):
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Raw start states (B, S) and goals (B, G) -> the raw plan {"action": (B, H, A), "state": (B, H, S)},
-        plus "value" (B,) when the planner has a value net: of `n_samples` plans each, the best by value."""
+        plus "value" (B,) when the planner has a value net. Of `n_samples` plans each, the best by value, or
+        without a value net the first to come within `stop_at_goal` of the goal."""
         sampler = sampler or self.default_sampler()
         key, n = self.options.state_key, sampler.n_samples
         batch = state.shape[0]
@@ -246,10 +255,14 @@ class DiffuserPlanner(PolicyModule):
         if self.value is not None:
             values = self.value(x, torch.zeros(batch * n, dtype=torch.long, device=x.device), cond).view(batch, n)
             best = values.argmax(dim=1)
-            x = x.view(batch, n, *x.shape[1:])[torch.arange(batch), best]
             out["value"] = values[torch.arange(batch), best]
-        elif n > 1:
-            x = x.view(batch, n, *x.shape[1:])[:, 0]  # nothing to rank by: the first sample
+        elif n > 1 and goal is not None and self.goal_dim and sampler.stop_at_goal > 0:
+            # goal reaching: a plan's sparse return is known from the plan itself, so the earliest arrival wins
+            positions = self.normalizer.unnormalize(key, x[..., self.action_dim :])[..., : self.goal_dim]
+            best = first_arrival(positions, goal, sampler.stop_at_goal).view(batch, n).argmin(dim=1)
+        else:
+            best = torch.zeros(batch, dtype=torch.long, device=x.device)  # nothing to rank by: the first sample
+        x = x.view(batch, n, *x.shape[1:])[torch.arange(batch), best]
         out["action"] = self.normalizer.unnormalize("action", x[..., : self.action_dim])
         out["state"] = self.normalizer.unnormalize(key, x[..., self.action_dim :])
         return out
@@ -273,9 +286,12 @@ class DiffuserPlanner(PolicyModule):
             replan_every=int(pick("replan_every", opts.replan_every)),
             stop_at_goal=float(pick("stop_at_goal", opts.stop_at_goal)),
         )
-        if self.value is None and (sampler.guide_scale > 0 or sampler.n_samples > 1):
+        if self.value is None and sampler.guide_scale > 0:
+            raise ValueError("guide_scale > 0 needs a value net: train with policy.method_kwargs.value_discount > 0")
+        if self.value is None and sampler.n_samples > 1 and not (self.goal_dim and sampler.stop_at_goal > 0):
             raise ValueError(
-                "guide_scale > 0 or n_samples > 1 need a value net: train with policy.method_kwargs.value_discount > 0"
+                "n_samples > 1 needs something to rank plans by: a value net (policy.method_kwargs.value_discount > 0)"
+                " or, for goal reaching, stop_at_goal > 0 (the earliest arrival)"
             )
         return sampler
 
@@ -350,9 +366,10 @@ class PlannerSession:
         plans reach the goal where the data would and often walk on past it; the end of the horizon only
         brings them back."""
         at_rest = self.planner.goal_state(torch.as_tensor(goal)).numpy()
-        near = np.linalg.norm(planned[..., : goal.shape[1]] - goal[:, None], axis=-1) <= self.sampler.stop_at_goal
-        first = np.where(near.any(axis=1), near.argmax(axis=1), planned.shape[1])
-        cut = np.arange(planned.shape[1])[None] >= first[:, None]
+        first = first_arrival(
+            torch.as_tensor(planned[..., : goal.shape[1]]), torch.as_tensor(goal), self.sampler.stop_at_goal
+        )
+        cut = np.arange(planned.shape[1])[None] >= first.numpy()[:, None]
         return np.where(cut[..., None], at_rest[:, None], planned)
 
     def __call__(self, history: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -97,8 +97,10 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     assert main(["plan", str(tmp_path / "run"), f"out={tmp_path / 'plan.png'}", "seed=100001"]) == 0
     assert (tmp_path / "plan.png").stat().st_size > 1000
     assert main(["export", f"checkpoint={tmp_path / 'run'}", f"out={tmp_path / 'onnx'}"]) == 2  # planners: not yet
-    with pytest.raises(ValueError, match="need a value net"):
+    with pytest.raises(ValueError, match="needs a value net"):
         planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=0.1))
+    with pytest.raises(ValueError, match="needs something to rank plans by"):
+        planner.make_sampler(SamplerConfig(name="ddpm", n_samples=4))
     # stop_at_goal: the same plan, cut at its first state within 0.3 of the goal, the goal at rest from there
     history = {"state": state.numpy()[:, None], "goal": goal.numpy()[:, None]}
     whole = planner.session(planner.make_sampler(SamplerConfig(name="ddpm")), torch.Generator().manual_seed(5))
@@ -110,6 +112,15 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     assert cut_sampler.name == "diffuser-ddpm-stop0.3" and near[-1]
     np.testing.assert_array_equal(cut.plan[0, :first], whole.plan[0, :first])
     np.testing.assert_array_equal(cut.plan[0, first:], np.tile([-0.5, -0.5, 0.0, 0.0], (64 - first, 1)))
+    # n_samples without a value net: of the same 4 candidates, the one arriving first
+    from planners.diffuser import first_arrival
+
+    one = planner.make_sampler(SamplerConfig(name="ddpm", stop_at_goal=0.3))
+    candidates = planner.plan(state.repeat(4, 1), goal.repeat(4, 1), one, torch.Generator().manual_seed(7))["state"]
+    arrivals = first_arrival(candidates[..., :2], goal.repeat(4, 1), 0.3)
+    best = planner.plan(state, goal, planner.make_sampler(SamplerConfig(name="ddpm", n_samples=4, stop_at_goal=0.3)),
+                        torch.Generator().manual_seed(7))["state"]  # fmt: skip
+    assert torch.allclose(best[0], candidates[int(arrivals.argmin())], atol=1e-5), arrivals
 
 
 def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None:
