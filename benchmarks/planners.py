@@ -104,6 +104,47 @@ def plan_steps(run_dir: Path, seeds: range = range(100000, 100004)) -> dict[str,
     }
 
 
+def guidance_sweep(
+    run_dir: Path, scales: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0), seeds: range = range(100000, 100024)
+) -> list[dict[str, Any]]:
+    """What the guidance gradient does to single plans from the evaluation starts, scale by scale: the value
+    net's estimate at t = 0, beside the plan's own discounted dense reward (sum_k discount^k exp(-|xy_k - goal|),
+    x (1 - discount) like the value targets), which is what the value stands for within the horizon."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from policy.checkpoint import load_policy, read_json, resolve_checkpoint
+
+    torch.set_num_threads(2)
+    planner = load_policy(run_dir)
+    task = TaskConfig(**read_json(resolve_checkpoint(run_dir) / "config.json")["task"])
+    env = task.make_env()
+    starts = [env.reset(seed=seed)[0] for seed in seeds]
+    env.close()
+    state = torch.as_tensor(np.stack([obs["state"] for obs in starts]))
+    goal = torch.as_tensor(np.stack([obs["goal"] for obs in starts]))
+    discount = planner.options.value_discount
+    rows = []
+    for scale in scales:
+        sampler = dataclasses.replace(planner.default_sampler(), guide_scale=scale, n_samples=1)
+        plan = planner.plan(state, goal, sampler, torch.Generator().manual_seed(0))
+        distance = torch.linalg.vector_norm(plan["state"][..., :2] - goal[:, None], dim=-1)
+        own = (torch.exp(-distance) * discount ** torch.arange(distance.shape[1])).sum(1) * (1 - discount)
+        rows.append(
+            {
+                "recipe": "diffuser-value",
+                "guide_scale": scale,
+                "plans": len(seeds),
+                "value_estimate": float(plan["value"].mean()),
+                "plan_reward": float(own.mean()),
+                "plan_final_distance": float(distance[:, -1].mean()),
+            }
+        )
+    return rows
+
+
 def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -> list[dict[str, Any]]:
     recipe = RECIPES[name]
     steps, episodes = steps or recipe["steps"], episodes or recipe["episodes"]
@@ -181,6 +222,20 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     rows = [row for name in args.recipes.split(",") for row in run_recipe(name, runs, args.steps, args.episodes)]
+    if "diffuser-value" in args.recipes.split(","):
+        write_results(
+            Path(args.out),
+            "planners_guidance",
+            guidance_sweep(runs / "diffuser-value"),
+            columns=[
+                ("guide scale", "guide_scale"),
+                ("plans", "plans"),
+                ("value estimate", "value_estimate"),
+                ("plan's own discounted reward", "plan_reward"),
+                ("plan end: distance to goal", "plan_final_distance"),
+            ],
+            meta={"seeds": "100000..100023", "sampling_seed": 0, "n_samples": 1, "torch_threads": 2},
+        )
     rows = merge_with_previous(Path(args.out), "planners", rows, list(RECIPES))
     write_results(
         Path(args.out),
