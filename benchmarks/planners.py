@@ -106,10 +106,12 @@ def plan_steps(run_dir: Path, seeds: range = range(100000, 100004)) -> dict[str,
 
 def guidance_sweep(
     run_dir: Path, scales: tuple[float, ...] = (0.0, 1.0, 10.0, 100.0, 1000.0), seeds: range = range(100000, 100024)
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """What the guidance gradient does to single plans from the evaluation starts, scale by scale: the value
     net's estimate at t = 0, beside the plan's own discounted dense reward (sum_k discount^k exp(-|xy_k - goal|),
-    x (1 - discount) like the value targets), which is what the value stands for within the horizon."""
+    x (1 - discount) like the value targets), which is what the value stands for within the horizon.
+    Also how well the estimate ranks 16 unguided plans: its correlation with their own reward over all
+    plans, and the median correlation among the plans of one start."""
     import dataclasses
 
     import numpy as np
@@ -126,12 +128,17 @@ def guidance_sweep(
     state = torch.as_tensor(np.stack([obs["state"] for obs in starts]))
     goal = torch.as_tensor(np.stack([obs["goal"] for obs in starts]))
     discount = planner.options.value_discount
+
+    def own_reward(plan: dict[str, torch.Tensor], goal: torch.Tensor) -> torch.Tensor:
+        distance = torch.linalg.vector_norm(plan["state"][..., :2] - goal[:, None], dim=-1)
+        return (torch.exp(-distance) * discount ** torch.arange(distance.shape[1])).sum(1) * (1 - discount)
+
     rows = []
     for scale in scales:
         sampler = dataclasses.replace(planner.default_sampler(), guide_scale=scale, n_samples=1)
         plan = planner.plan(state, goal, sampler, torch.Generator().manual_seed(0))
+        own = own_reward(plan, goal)
         distance = torch.linalg.vector_norm(plan["state"][..., :2] - goal[:, None], dim=-1)
-        own = (torch.exp(-distance) * discount ** torch.arange(distance.shape[1])).sum(1) * (1 - discount)
         rows.append(
             {
                 "recipe": "diffuser-value",
@@ -142,7 +149,17 @@ def guidance_sweep(
                 "plan_final_distance": float(distance[:, -1].mean()),
             }
         )
-    return rows
+    n = 16
+    unguided = dataclasses.replace(planner.default_sampler(), guide_scale=0.0, n_samples=1)
+    goals = goal.repeat_interleave(n, 0)
+    plan = planner.plan(state.repeat_interleave(n, 0), goals, unguided, torch.Generator().manual_seed(1))
+    value, own = plan["value"].numpy(), own_reward(plan, goals).numpy()
+    within = [np.corrcoef(value[i : i + n], own[i : i + n])[0, 1] for i in range(0, len(value), n)]
+    ranking = {
+        "value_vs_own_reward_corr_all": float(np.corrcoef(value, own)[0, 1]),
+        "value_vs_own_reward_corr_within_start_median": float(np.nanmedian(within)),
+    }
+    return rows, ranking
 
 
 def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -> list[dict[str, Any]]:
@@ -223,10 +240,11 @@ def main() -> None:
     runs.mkdir(parents=True, exist_ok=True)
     rows = [row for name in args.recipes.split(",") for row in run_recipe(name, runs, args.steps, args.episodes)]
     if "diffuser-value" in args.recipes.split(","):
+        sweep, ranking = guidance_sweep(runs / "diffuser-value")
         write_results(
             Path(args.out),
             "planners_guidance",
-            guidance_sweep(runs / "diffuser-value"),
+            sweep,
             columns=[
                 ("guide scale", "guide_scale"),
                 ("plans", "plans"),
@@ -234,7 +252,7 @@ def main() -> None:
                 ("plan's own discounted reward", "plan_reward"),
                 ("plan end: distance to goal", "plan_final_distance"),
             ],
-            meta={"seeds": "100000..100023", "sampling_seed": 0, "n_samples": 1, "torch_threads": 2},
+            meta={"seeds": "100000..100023", "sampling_seed": 0, "n_samples": 1, "torch_threads": 2, **ranking},
         )
     rows = merge_with_previous(Path(args.out), "planners", rows, list(RECIPES))
     write_results(
