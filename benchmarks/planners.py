@@ -34,7 +34,7 @@ from envs.registry import TaskConfig
 MAZE_PRESETS = {
     "umaze": ("diffuser", 5000, 50),
     "medium": ("diffuser-medium", 5000, 20),
-    "large": ("diffuser-large", 1000, 20),
+    "large": ("diffuser-large", 3000, 20),
 }
 TRAIN = ["batch_size=32", "lr=2e-4", "warmup_steps=200", "eval_episodes=0", "checkpoint_every=500", "threads=2"]
 
