@@ -65,7 +65,7 @@ class DiffuserOptions:
     guide_scale: float = 0.0  # value guidance step size (0: unguided)
     n_guide_steps: int = 2
     t_stopgrad: int = 2  # no guidance at diffusion timesteps below this
-    n_samples: int = 1  # plans per decision; the best by value is executed
+    n_samples: int = 1  # plans per decision; the best by value (or, without one, the first to arrive) runs
     replan_every: int = 0  # receding horizon: replan every N control ticks (0: plan once per episode)
     # goal reaching: cut each plan at its first state this close to the goal and hold the goal from there
     # (0: track the whole plan, as Diffuser does, overshoots included)
