@@ -123,3 +123,21 @@ def test_robosuite_camera_observations() -> None:
         assert obs[key].shape == (84, 84, 3) and obs[key].dtype == np.uint8
         assert obs[key].std() > 5  # rendered, not blank
     env.close()
+
+
+def test_pointmaze_score_bound_holds_for_fast_controllers() -> None:
+    """benchmarks.experts.free_space_bound: no controller, not even a much stiffer expert, beats it."""
+    from benchmarks.experts import free_space_bound
+    from envs.pointmaze_expert import PointMazeExpert
+
+    task = TaskConfig(name="pointmaze-umaze")
+    env = task.make_env()
+    for seed in range(4):
+        bound = free_space_bound(task, range(seed, seed + 1))
+        for kp, kd in ((10.0, 1.0), (50.0, 3.0)):
+            env.reset(seed=seed)
+            expert = PointMazeExpert(np.random.default_rng(seed), offset=0.0, kp=kp, kd=kd)
+            expert.reset(env)
+            achieved = sum(env.step(expert.act(env))[1] for _ in range(env.max_steps))
+            assert 0 < achieved <= bound < env.max_steps, (seed, kp, achieved, bound)
+    env.close()
