@@ -6,10 +6,14 @@ then `dpstack eval` on the fixed-goal task: success rate, D4RL normalized score 
 this env, configs/task), the planning time per plan on this CPU, and how coherent the plans are (the
 first and the largest step between planned positions, against the store's own steps).
 
+Each maze is evaluated three ways from one checkpoint: Diffuser's plan once, the plan cut where it first
+reaches the goal (`sampler.stop_at_goal`), and the first to arrive of 4 plans, cut the same way.
+
 Value guidance: a store of a noisy controller (action noise 0.3) on `pointmaze-umaze-dense` (reward
 exp(-distance to goal)), `policy=diffuser-value`, evaluated three ways from the same checkpoint:
 guided and ranked by value (the preset), unguided best-of-N ranked by the value net, and unguided
-single samples.
+single samples. `guidance_sweep` then shows what the guidance gradient does to single plans
+(benchmarks/results/planners_guidance.json and .md).
 
 Finished steps are skipped (stores resume, a finished run is reused, an interrupted one continues), so
 the script can be re-run after a stop. Results: benchmarks/results/planners.json and .md.
@@ -112,12 +116,11 @@ def guidance_sweep(
     x (1 - discount) like the value targets), which is what the value stands for within the horizon.
     Also how well the estimate ranks 16 unguided plans: its correlation with their own reward over all
     plans, and the median correlation among the plans of one start."""
-    import dataclasses
-
     import numpy as np
     import torch
 
     from policy.checkpoint import load_policy, read_json, resolve_checkpoint
+    from policy.samplers import SamplerConfig
 
     torch.set_num_threads(2)
     planner = load_policy(run_dir)
@@ -129,19 +132,22 @@ def guidance_sweep(
     goal = torch.as_tensor(np.stack([obs["goal"] for obs in starts]))
     discount = planner.options.value_discount
 
-    def own_reward(plan: dict[str, torch.Tensor], goal: torch.Tensor) -> torch.Tensor:
-        distance = torch.linalg.vector_norm(plan["state"][..., :2] - goal[:, None], dim=-1)
+    def distance_to_goal(plan: dict[str, torch.Tensor], goal: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(plan["state"][..., : planner.goal_dim] - goal[:, None], dim=-1)
+
+    def own_reward(distance: torch.Tensor) -> torch.Tensor:
         return (torch.exp(-distance) * discount ** torch.arange(distance.shape[1])).sum(1) * (1 - discount)
+
+    def single_plans(scale: float) -> Any:
+        return planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=scale, n_samples=1))
 
     rows = []
     for scale in scales:
-        sampler = dataclasses.replace(planner.default_sampler(), guide_scale=scale, n_samples=1)
-        plan = planner.plan(state, goal, sampler, torch.Generator().manual_seed(0))
-        own = own_reward(plan, goal)
-        distance = torch.linalg.vector_norm(plan["state"][..., :2] - goal[:, None], dim=-1)
+        plan = planner.plan(state, goal, single_plans(scale), torch.Generator().manual_seed(0))
+        distance = distance_to_goal(plan, goal)
+        own = own_reward(distance)
         rows.append(
             {
-                "recipe": "diffuser-value",
                 "guide_scale": scale,
                 "plans": len(seeds),
                 "value_estimate": float(plan["value"].mean()),
@@ -150,10 +156,9 @@ def guidance_sweep(
             }
         )
     n = 16
-    unguided = dataclasses.replace(planner.default_sampler(), guide_scale=0.0, n_samples=1)
     goals = goal.repeat_interleave(n, 0)
-    plan = planner.plan(state.repeat_interleave(n, 0), goals, unguided, torch.Generator().manual_seed(1))
-    value, own = plan["value"].numpy(), own_reward(plan, goals).numpy()
+    plan = planner.plan(state.repeat_interleave(n, 0), goals, single_plans(0.0), torch.Generator().manual_seed(1))
+    value, own = plan["value"].numpy(), own_reward(distance_to_goal(plan, goals)).numpy()
     within = [np.corrcoef(value[i : i + n], own[i : i + n])[0, 1] for i in range(0, len(value), n)]
     ranking = {
         "value_vs_own_reward_corr_all": float(np.corrcoef(value, own)[0, 1]),
