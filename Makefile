@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint bench bench-data bench-experts bench-samplers bench-export bench-ros bench-planners clean
+.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-planners clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[full,dev]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -24,9 +24,22 @@ setup: $(VENV)/.installed
 demo: setup
 	bash scripts/demo.sh $(DEMO_DIR)
 
-test: setup
+test: setup lint-imports
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The layer contracts (pyproject.toml [tool.importlinter]) checked on the installed layout: the repository's
+# folders only become dpstack.policy, dpstack.envs, ... once installed, so a plain (not editable) copy is
+# installed into build/layout first (about a second, no dependencies).
+lint-imports: setup
+	rm -rf build/layout
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --target build/layout . 2>/dev/null
+	cd build/layout && ../../$(VENV)/bin/lint-imports ../../pyproject.toml
+
+# The wheel installed (not editable) into fresh venvs, run from outside the checkout: the full profile
+# (--help, dataset info, a short eval) and the runtime profile (no torch: OnnxPolicy and the ROS 2 node).
+check-install: setup
+	bash .ci/check_install.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .

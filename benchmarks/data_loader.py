@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.report import write_results
-from policy.data.dataset import SequenceDataset
-from policy.data.store import EpisodeStore
+from dpstack.data.dataset import SequenceDataset
+from dpstack.data.store import EpisodeStore
 
 
 def _frames(rng: np.random.Generator, length: int) -> np.ndarray:

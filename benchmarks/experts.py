@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import write_results
-from envs.collect import run_expert_episode
-from envs.registry import TASKS, TaskConfig, load_task_config
+from dpstack.envs.collect import run_expert_episode
+from dpstack.envs.registry import TASKS, load_task_config, make_env
+from dpstack.tasks import TaskConfig
 
 
 def random_return(task: TaskConfig, seeds: range) -> float:
     """Mean episode return of uniform random actions (the 0 of a normalized score)."""
-    env = task.make_env()
+    env = make_env(task)
     rng = np.random.default_rng(0)
     returns = []
     for seed in seeds:
@@ -47,7 +48,7 @@ def free_space_bound(task: TaskConfig, seeds: range) -> float:
     (1, 1) from rest with contacts turned off. Each episode's return is then at most the steps left
     after that point would first come within the success radius (0.45) of the goal in a straight line.
     """
-    env = task.make_env()
+    env = make_env(task)
     obs, _ = env.reset(seed=0)
     model = env.sim.point_env.model
     model.geom_contype[:] = 0
@@ -58,7 +59,7 @@ def free_space_bound(task: TaskConfig, seeds: range) -> float:
         reach.append(float(np.linalg.norm(obs["state"][:2] - start)))
     env.close()
     reach = np.maximum.accumulate(reach)
-    env = task.make_env()  # contacts back on
+    env = make_env(task)  # contacts back on
     bounds = []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
@@ -78,7 +79,7 @@ def main() -> None:
     rows = []
     for name in args.tasks.split(","):
         task = load_task_config(name)
-        env = task.make_env()
+        env = make_env(task)
         seeds = range(args.seeds)
         start = time.perf_counter()
         results = [run_expert_episode(env, task, seed, noise=0.0) for seed in seeds]

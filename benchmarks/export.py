@@ -24,19 +24,20 @@ import onnxruntime
 import torch
 
 from benchmarks.report import write_results
-from envs.registry import TaskConfig
-from policy.checkpoint import load_policy
-from policy.evaluate import evaluate_exported
-from policy.export import export_policy, parity_check
-from policy.runtime import OnnxPolicy
-from policy.samplers import SamplerConfig
+from dpstack.envs.registry import make_env
+from dpstack.methods import load_policy
+from dpstack.policy.evaluate import evaluate_exported
+from dpstack.policy.export import export_policy, parity_check
+from dpstack.policy.runtime import OnnxPolicy
+from dpstack.policy.samplers import DDIMOptions, RTIOptions, StreamingOptions
+from dpstack.tasks import TaskConfig
 
 RESULTS = Path(__file__).parent / "results"
 LINEUP = {
-    "ddim-10": ("standard", SamplerConfig(name="ddim", num_inference_steps=10)),
-    "ddim-4": ("standard", SamplerConfig(name="ddim", num_inference_steps=4)),
-    "rti [2,1,0]": ("standard", SamplerConfig(name="rti", first="ddim", num_inference_steps=10)),
-    "streaming-15": ("streaming", SamplerConfig(name="streaming")),
+    "ddim-10": ("standard", DDIMOptions(num_inference_steps=10)),
+    "ddim-4": ("standard", DDIMOptions(num_inference_steps=4)),
+    "rti [2,1,0]": ("standard", RTIOptions(first="ddim", num_inference_steps=10)),
+    "streaming-15": ("streaming", StreamingOptions()),
 }
 
 
@@ -98,7 +99,7 @@ def main() -> None:
         task = TaskConfig(**policy.checkpoint_config["task"])
         sampler = policy.make_sampler(sampler_cfg)
         model_dir = args.out / f"{task.name}-{sampler.name}"
-        env = task.make_env()
+        env = make_env(task)
         t0 = time.perf_counter()
         export_policy(policy, sampler, model_dir, env.action_low, env.action_high, env.control_hz, vars(task))
         export_s = time.perf_counter() - t0

@@ -32,7 +32,8 @@ from typing import Any
 
 from benchmarks.policies import DPSTACK, run_command
 from benchmarks.report import merge_with_previous, write_results
-from envs.registry import TaskConfig
+from dpstack.envs.registry import make_env
+from dpstack.tasks import TaskConfig
 
 # maze -> (policy preset, training steps, eval episodes): what fits this CPU's budget (Diffuser: 2 M steps on a GPU)
 MAZE_PRESETS = {
@@ -80,13 +81,14 @@ def plan_steps(run_dir: Path, seeds: range = range(100000, 100004)) -> dict[str,
     import numpy as np
     import torch
 
-    from policy.checkpoint import load_policy, read_json, resolve_checkpoint
-    from policy.data.store import EpisodeStore
+    from dpstack.data.store import EpisodeStore
+    from dpstack.methods import load_policy
+    from dpstack.policy.checkpoint import read_json, resolve_checkpoint
 
     torch.set_num_threads(2)
     planner = load_policy(run_dir)
     task = TaskConfig(**read_json(resolve_checkpoint(run_dir) / "config.json")["task"])
-    env = task.make_env()
+    env = make_env(task)
     first, largest = [], []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
@@ -119,13 +121,14 @@ def guidance_sweep(
     import numpy as np
     import torch
 
-    from policy.checkpoint import load_policy, read_json, resolve_checkpoint
-    from policy.samplers import SamplerConfig
+    from dpstack.methods import load_policy
+    from dpstack.planners.diffuser import PlanOptions
+    from dpstack.policy.checkpoint import read_json, resolve_checkpoint
 
     torch.set_num_threads(2)
     planner = load_policy(run_dir)
     task = TaskConfig(**read_json(resolve_checkpoint(run_dir) / "config.json")["task"])
-    env = task.make_env()
+    env = make_env(task)
     starts = [env.reset(seed=seed)[0] for seed in seeds]
     env.close()
     state = torch.as_tensor(np.stack([obs["state"] for obs in starts]))
@@ -139,7 +142,7 @@ def guidance_sweep(
         return (torch.exp(-distance) * discount ** torch.arange(distance.shape[1])).sum(1) * (1 - discount)
 
     def single_plans(scale: float) -> Any:
-        return planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=scale, n_samples=1))
+        return planner.make_sampler(PlanOptions(guide_scale=scale, n_samples=1))
 
     rows = []
     for scale in scales:
@@ -198,7 +201,7 @@ def run_recipe(name: str, runs: Path, steps: int | None, episodes: int | None) -
             "eval",
             f"checkpoint={run_dir}",
             f"episodes={episodes}",
-            "sampler=ddpm",
+            "sampler=plan",
             *overrides,
             f"out={eval_dir}",
             "num_envs=1",  # one plan per planning call: the time per plan is that of one plan

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dpstack import __version__
+from dpstack.version import __version__
 
 
 def _cell(value: Any) -> str:

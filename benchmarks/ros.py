@@ -44,9 +44,9 @@ def _median_interval_stats(times: list[float]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------- loop
 def bench_loop(model: Path, episodes: int, out: Path) -> list[dict[str, Any]]:
-    from envs.registry import TaskConfig
-    from policy.evaluate import evaluate_exported
-    from ros.loop import LoopConfig, run_loop
+    from dpstack.policy.evaluate import evaluate_exported
+    from dpstack.ros.loop import LoopConfig, run_loop
+    from dpstack.tasks import TaskConfig
 
     meta = json.loads((model / "policy.json").read_text())
     task = TaskConfig(**meta["task"])
@@ -98,14 +98,15 @@ def bench_stress(model: Path, flood_hz: float, flood_s: float, dropout_s: float,
     from rclpy.node import Node
     from std_msgs.msg import Float32MultiArray
 
-    from envs.registry import TaskConfig
-    from ros.messages import COMMAND_QOS, SENSOR_QOS, observation_topics
+    from dpstack.envs.registry import make_env
+    from dpstack.ros.messages import COMMAND_QOS, SENSOR_QOS, observation_topics
+    from dpstack.tasks import TaskConfig
 
     meta = json.loads((model / "policy.json").read_text())
     rate = float(meta["control_hz"])
     low, high = np.asarray(meta["action"]["low"]), np.asarray(meta["action"]["high"])
     watchdog = 0.5
-    env = TaskConfig(**meta["task"]).make_env()
+    env = make_env(TaskConfig(**meta["task"]))
     obs, _ = env.reset(seed=0)
     topics = observation_topics(meta["observations"])
     messages = [(t, t.encode(obs[t.key])) for t in topics]

@@ -24,27 +24,28 @@ from typing import Any
 import torch
 
 from benchmarks.report import write_results
-from envs.registry import TaskConfig, action_feature
-from policy.checkpoint import load_policy
-from policy.evaluate import evaluate_policy
-from policy.samplers import SamplerConfig
+from dpstack.envs.registry import task_spec
+from dpstack.methods import load_policy
+from dpstack.policy.evaluate import evaluate_policy
+from dpstack.policy.samplers import DDIMOptions, DDPMOptions, RTIOptions, SamplerOptions, StreamingOptions
+from dpstack.tasks import TaskConfig
 
 RESULTS = Path(__file__).parent / "results"
 
 # key -> (row label, checkpoint: "standard" | "streaming", sampler config)
-LINEUP: dict[str, tuple[str, str, SamplerConfig]] = {
-    "ddpm-100": ("ddpm-100", "standard", SamplerConfig(name="ddpm")),
-    "ddim-10": ("ddim-10", "standard", SamplerConfig(name="ddim", num_inference_steps=10)),
-    "ddim-4": ("ddim-4", "standard", SamplerConfig(name="ddim", num_inference_steps=4)),
-    "rti-1": ("rti [2,1,0], 1 action/tick", "standard", SamplerConfig(name="rti", actions_per_tick=1)),
+LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
+    "ddpm-100": ("ddpm-100", "standard", DDPMOptions()),
+    "ddim-10": ("ddim-10", "standard", DDIMOptions(num_inference_steps=10)),
+    "ddim-4": ("ddim-4", "standard", DDIMOptions(num_inference_steps=4)),
+    "rti-1": ("rti [2,1,0], 1 action/tick", "standard", RTIOptions(actions_per_tick=1)),
     "rti-calibrated": (
         "rti [7,1,0] (dpstack rti calibrate), 1 action/tick",
         "standard",
-        SamplerConfig(name="rti", timesteps=[7, 1, 0], actions_per_tick=1),
+        RTIOptions(timesteps=[7, 1, 0], actions_per_tick=1),
     ),
-    "rti-3": ("rti [2,1,0], 3 actions/tick", "standard", SamplerConfig(name="rti", actions_per_tick=3)),
-    "streaming": ("streaming-15, 5 actions/tick", "streaming", SamplerConfig(name="streaming")),
-    "streaming-ddpm": ("ddpm-100 on the streaming-trained policy", "streaming", SamplerConfig(name="ddpm")),
+    "rti-3": ("rti [2,1,0], 3 actions/tick", "standard", RTIOptions(actions_per_tick=3)),
+    "streaming": ("streaming-15, 5 actions/tick", "streaming", StreamingOptions()),
+    "streaming-ddpm": ("ddpm-100 on the streaming-trained policy", "streaming", DDPMOptions()),
 }
 
 
@@ -66,7 +67,7 @@ def run(task_name: str, checkpoints: dict[str, str], episodes: int, out: Path, o
         assert task.name == task_name, f"{checkpoints[which]} is a {task.name} policy, not {task_name}"
         if sampler_cfg.name == "rti" and sampler_cfg.discrete_dims is None:
             # checkpoints written before actions declared discrete dims: take them from the task
-            sampler_cfg = replace(sampler_cfg, discrete_dims=list(action_feature(task.name).discrete_dims))
+            sampler_cfg = replace(sampler_cfg, discrete_dims=list(task_spec(task).action_feature.discrete_dims))
         sampler = policy.make_sampler(sampler_cfg)
         eval_dir = out / f"{task_name}-{key}"
         print(f"{task_name} {label}: {episodes} episodes ...", flush=True)

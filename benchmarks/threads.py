@@ -20,7 +20,7 @@ from benchmarks.report import write_results
 
 _STEP = """
 import json, statistics, time, torch
-from policy.denoisers.unet1d import ConditionalUnet1D, PRESETS
+from dpstack.policy.denoisers.unet1d import ConditionalUnet1D, PRESETS
 torch.set_num_threads({threads})
 m = ConditionalUnet1D(2, 36, **PRESETS["small"])
 opt = torch.optim.AdamW(m.parameters())

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dpstack import __version__
 from dpstack.errors import UserError
+from dpstack.version import __version__
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,6 @@ def _find(argv: Sequence[str]) -> tuple[Command | None, tuple[str, ...], list[st
     return None, prefix, list(argv[len(prefix) :])
 
 
-def quote_value(value: str) -> str:
-    """Quote a positional argument as a hydra string literal (paths may hold '=', ',', spaces)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _help(command: Command, module) -> str:
     from dpstack.config import CONFIG_DIR, describe
 
@@ -121,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wants_help:
         print(_help(command, module))
         return 0
+    from dpstack.config import quote_value
+
     positional_names = list(getattr(module, "POSITIONAL", ()))
     overrides: list[str] = []
     for arg in rest:

@@ -1,6 +1,6 @@
 """Compose a command's config with hydra and validate it against the command's dataclass schema.
 
-`configs/<name>.yaml` holds the defaults (and may pull config groups such as `task: pusht`); the
+`configs/<name>.yaml` (installed as the package `dpstack.configs`) holds the defaults (and may pull config groups such as `task: pusht`); the
 command's dataclass is the schema: unknown keys, wrong types and missing values are errors that name
 the key. No config runs code (no eval resolvers).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,10 +21,16 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dpstack.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The YAML files ship inside the package (`dpstack.configs`), so an installed wheel finds them too.
+CONFIG_DIR = Path(str(files("dpstack.configs")))
 T = TypeVar("T")
 _MISSING_OPTION = re.compile(r"Could not find '([^']+/[^']+)'")
 _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'|Key '([^']+)' (?:is not in struct|not in )")
+
+
+def quote_value(value: str) -> str:
+    """Quote a value as a hydra string literal for a `key=value` override (paths may hold '=', ',', spaces)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _valid_keys(schema: type) -> list[str]:
@@ -48,32 +55,43 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
     group = config_name.rpartition("/")[0].replace("/", ".")
     try:
         raw = compose_raw(config_name, [f"{group}.{o}" if group else o for o in overrides])
-        if group:
-            raw = OmegaConf.select(raw, group)
-        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise _config_error(exc, schema, where) from None
+    return to_schema(schema, OmegaConf.select(raw, group) if group else raw, where)
+
+
+def to_schema(schema: type[T], values: Any, where: str) -> T:
+    """`values` (a mapping) validated against the dataclass `schema`; unknown keys and bad types name the key."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as exc:
-        message = str(exc).strip()
-        unknown = _UNKNOWN_KEY.search(message)
-        if unknown:
-            raise ConfigError(
-                f"unknown key '{unknown.group(1) or unknown.group(2)}' for {where}; valid keys: "
-                f"{', '.join(_valid_keys(schema))} (see --help)"
-            ) from None
-        missing_option = _MISSING_OPTION.search(message)
-        if missing_option:
-            group, option = missing_option.group(1).rsplit("/", 1)
-            options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-            raise ConfigError(f"unknown {group} '{option}' for {where}; choose one of: {', '.join(options)}") from None
-        if isinstance(exc, MissingMandatoryValue):
-            key = exc.full_key
-            raise ConfigError(f"missing value for key '{key}' of {where} (give {key}=...)") from None
-        first_line = message.splitlines()[0] if message else type(exc).__name__
-        key = getattr(exc, "full_key", None)
-        detail = f" (key '{key}')" if key and f"'{key}'" not in first_line else ""
-        raise ConfigError(f"bad config for {where}{detail}: {first_line}") from None
+        raise _config_error(exc, schema, where) from None
     except ValueError as exc:  # raised by a schema's __post_init__ checks
         raise ConfigError(f"bad config for {where}: {exc}") from None
+
+
+def _config_error(exc: Exception, schema: type, where: str) -> ConfigError:
+    """One clear line for a hydra / OmegaConf error: the key, and what was expected."""
+    message = str(exc).strip()
+    unknown = _UNKNOWN_KEY.search(message)
+    if unknown:
+        return ConfigError(
+            f"unknown key '{unknown.group(1) or unknown.group(2)}' for {where}; valid keys: "
+            f"{', '.join(_valid_keys(schema))} (see --help)"
+        )
+    missing_option = _MISSING_OPTION.search(message)
+    if missing_option:
+        group, option = missing_option.group(1).rsplit("/", 1)
+        options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+        return ConfigError(f"unknown {group} '{option}' for {where}; choose one of: {', '.join(options)}")
+    if isinstance(exc, MissingMandatoryValue):
+        key = exc.full_key
+        return ConfigError(f"missing value for key '{key}' of {where} (give {key}=...)")
+    first_line = message.splitlines()[0] if message else type(exc).__name__
+    key = getattr(exc, "full_key", None)
+    detail = f" (key '{key}')" if key and f"'{key}'" not in first_line else ""
+    return ConfigError(f"bad config for {where}{detail}: {first_line}")
 
 
 def describe(config_name: str, schema: type) -> list[tuple[str, str, str]]:

@@ -1,35 +1,29 @@
-"""What a benchmark task is: its features (the one source of shapes), its env, its expert, its score.
+"""The simulator side of a task: `TaskEnv`, the gymnasium env every task module subclasses.
 
-A task module (``envs/pusht.py``, ``envs/pointmaze.py``, ...) builds a `TaskEnv`: a gymnasium env whose
-observation is a dict of flat numpy arrays named exactly like the episode-store keys, whose action is
-one float vector, and whose ``info`` always carries ``is_success`` (reached so far this episode) and
-``score`` (the episode's score so far: Push-T max coverage, maze normalized return, robosuite
-success). Datasets, policies, the exporter and the ROS node read shapes from `TaskEnv.features`.
+A task module (``envs/pusht.py``, ``envs/pointmaze.py``, ...) declares its `spec` (a classmethod that
+returns a `dpstack.tasks.TaskSpec` without importing the simulator) and builds a `TaskEnv` laid out
+from that same spec: a gymnasium env whose observation is a dict of flat numpy arrays named exactly
+like the episode-store keys, whose action is one float vector, and whose ``info`` always carries
+``is_success`` (reached so far this episode) and ``score`` (the episode's score so far: Push-T max
+coverage, maze normalized return, robosuite success).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import gymnasium as gym
 import numpy as np
 
+from dpstack.features import Feature
+from dpstack.tasks import TaskSpec
 
-@dataclass(frozen=True)
-class Feature:
-    """One observation or action key: per-step shape, dtype, and how to normalize it."""
 
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    normalize: str = "minmax"  # a mode of policy.normalizer: minmax | image | identity
-    discrete_dims: tuple[int, ...] = ()  # dims that take a few discrete values (a gripper open/close)
-    message: str = ""  # ROS 2 message kind (ros.messages): "" picks by dtype and shape (uint8 HxWxC: image)
-
-    def space(self, low: float = -np.inf, high: float = np.inf) -> gym.spaces.Box:
-        if self.dtype == "uint8":
-            return gym.spaces.Box(0, 255, self.shape, np.uint8)
-        return gym.spaces.Box(low, high, self.shape, np.dtype(self.dtype))
+def feature_space(feature: Feature) -> gym.spaces.Box:
+    """The gymnasium space of one observation feature."""
+    if feature.dtype == "uint8":
+        return gym.spaces.Box(0, 255, feature.shape, np.uint8)
+    return gym.spaces.Box(-np.inf, np.inf, feature.shape, np.dtype(feature.dtype))
 
 
 class Expert(Protocol):
@@ -43,11 +37,13 @@ class Expert(Protocol):
 class TaskEnv(gym.Env):
     """Base of every task env: dict observations of `features`, `is_success` / `score` in info.
 
-    Subclasses set `features` (observation keys), `action_feature`, `action_low/high`, `control_hz`,
-    `max_steps`, and implement `_reset(seed) -> (obs, info)` and `_step(action) -> (obs, reward,
-    info)`; this class handles the time limit, success latching and dtype checks.
+    Subclasses implement the classmethod `spec(**env_kwargs) -> TaskSpec` (no simulator import), call
+    `_init_from_spec(spec)` once their simulator is built, and implement `_reset(seed) -> (obs, info)`
+    and `_step(action) -> (obs, reward, info)`; this class handles the time limit, success latching and
+    dtype checks.
     """
 
+    task_spec: TaskSpec
     features: dict[str, Feature]
     action_feature: Feature
     action_low: np.ndarray
@@ -56,8 +52,20 @@ class TaskEnv(gym.Env):
     max_steps: int
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
-    def _init_spaces(self) -> None:
-        self.observation_space = gym.spaces.Dict({k: f.space() for k, f in self.features.items()})
+    @classmethod
+    def spec(cls, **env_kwargs: Any) -> TaskSpec:
+        """The task variant that `cls(**env_kwargs)` builds, as data (must not import the simulator)."""
+        raise NotImplementedError
+
+    def _init_from_spec(self, spec: TaskSpec) -> None:
+        self.task_spec = spec
+        self.features = dict(spec.features)
+        self.action_feature = spec.action_feature
+        self.action_low = np.asarray(spec.action_low, np.float32)
+        self.action_high = np.asarray(spec.action_high, np.float32)
+        self.control_hz = spec.control_hz
+        self.max_steps = spec.max_steps
+        self.observation_space = gym.spaces.Dict({k: feature_space(f) for k, f in self.features.items()})
         self.action_space = gym.spaces.Box(self.action_low, self.action_high, dtype=np.float32)
         self._t = 0
         self._success = False

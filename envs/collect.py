@@ -2,7 +2,7 @@
 
 Episode k of a collection is the expert run on seed ``seed + k`` (skipping seeds already stored or
 already failed), so a collection is reproducible and an interrupted one resumes by re-running the
-same command: whole episodes are committed one at a time (see `policy.data.store`), and the seeds
+same command: whole episodes are committed one at a time (see `dpstack.data.store`), and the seeds
 already stored are read back from the store's ``seed`` key.
 
 Stored keys per step: every observation key of the task, ``action``, ``reward``, ``success`` (the
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from dpstack.data.store import EpisodeStore
+from dpstack.envs.registry import make_env, make_expert
 from dpstack.errors import StoreError
-from envs.registry import TaskConfig, make_expert
-from policy.data.store import EpisodeStore
+from dpstack.tasks import TaskConfig
 
 _worker_env: Any = None
 _worker_task: TaskConfig | None = None
@@ -76,7 +77,7 @@ def run_expert_episode(env: Any, task: TaskConfig, seed: int, noise: float) -> E
 def _setup_env(task: TaskConfig) -> None:
     global _worker_env, _worker_task
     _worker_task = task
-    _worker_env = task.make_env()
+    _worker_env = make_env(task)
 
 
 def _init_worker(task: TaskConfig) -> None:
@@ -156,7 +157,7 @@ def collect(
 
     def request_stop(signum: int, frame: Any) -> None:
         # The first Ctrl-C lets the episode in hand be committed, then stops; a second one aborts now
-        # (the store stays consistent either way, see policy.data.store).
+        # (the store stays consistent either way, see dpstack.data.store).
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()

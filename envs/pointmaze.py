@@ -25,13 +25,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.base import Feature, TaskEnv
+from dpstack.envs.base import TaskEnv
+from dpstack.features import Feature
+from dpstack.tasks import TaskSpec
 
-with contextlib.redirect_stderr(io.StringIO()):  # silence an import-time notice about Adroit envs
-    import gymnasium_robotics
-
-gym.register_envs(gymnasium_robotics)
-
+CONTROL_HZ = 100.0  # gymnasium-robotics PointMaze v3: MuJoCo timestep 0.01 s, frame skip 1 (checked when built)
 MAZES = {
     "umaze": ("PointMaze_UMaze-v3", 300),
     "medium": ("PointMaze_Medium-v3", 600),
@@ -44,10 +42,42 @@ def normalized_score(episode_return: float, r_random: float, r_expert: float) ->
     return 100.0 * (episode_return - r_random) / (r_expert - r_random)
 
 
+def _register_simulator() -> None:
+    with contextlib.redirect_stderr(io.StringIO()):  # silence an import-time notice about Adroit envs
+        import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+
+
 class PointMazeEnv(TaskEnv):
-    action_feature = Feature((2,))
-    action_low = np.full(2, -1.0, np.float32)
-    action_high = np.full(2, 1.0, np.float32)
+    @classmethod
+    def spec(
+        cls,
+        maze: str = "umaze",
+        image: bool = False,
+        max_steps: int | None = None,
+        r_random: float | None = None,
+        r_expert: float | None = None,
+        reward_type: str = "sparse",
+        reset_target: bool = False,
+    ) -> TaskSpec:
+        if maze not in MAZES:
+            raise ValueError(f"unknown maze {maze!r}; choose one of {sorted(MAZES)}")
+        if reward_type not in ("sparse", "dense"):
+            raise ValueError(f"reward_type must be 'sparse' or 'dense', got {reward_type!r}")
+        if image:
+            raise ValueError("pointmaze has no image observation variant (image=false)")
+        references = (r_random, r_expert) if r_random is not None and r_expert is not None else None
+        return TaskSpec(
+            f"pointmaze-{maze}" + ("-dense" if reward_type == "dense" else ""),
+            {"state": Feature((4,)), "goal": Feature((2,))},
+            Feature((2,)),
+            (-1.0, -1.0),
+            (1.0, 1.0),
+            CONTROL_HZ,
+            max_steps or MAZES[maze][1],
+            references,
+        )
 
     def __init__(
         self,
@@ -59,27 +89,21 @@ class PointMazeEnv(TaskEnv):
         reward_type: str = "sparse",
         reset_target: bool = False,
     ) -> None:
-        if maze not in MAZES:
-            raise ValueError(f"unknown maze {maze!r}; choose one of {sorted(MAZES)}")
-        if reward_type not in ("sparse", "dense"):
-            raise ValueError(f"reward_type must be 'sparse' or 'dense', got {reward_type!r}")
-        if image:
-            raise ValueError("pointmaze has no image observation variant (image=false)")
-        env_id, default_steps = MAZES[maze]
-        self.features = {"state": Feature((4,)), "goal": Feature((2,))}
+        spec = self.spec(maze, image, max_steps, r_random, r_expert, reward_type, reset_target)
+        _register_simulator()
         self.maze_name = maze
         self.reward_type = reward_type
-        self.max_steps = max_steps or default_steps
-        self.references = (r_random, r_expert) if r_random is not None and r_expert is not None else None
+        self.references = spec.references
         self._env = gym.make(
-            env_id,
+            MAZES[maze][0],
             continuing_task=True,
             reset_target=reset_target,
             reward_type=reward_type,
             max_episode_steps=10**9,
         ).unwrapped
-        self.control_hz = 1.0 / self._env.point_env.dt
-        self._init_spaces()
+        if abs(1.0 / self._env.point_env.dt - CONTROL_HZ) > 1e-6:
+            raise RuntimeError(f"PointMaze runs at {1.0 / self._env.point_env.dt} Hz, the spec says {CONTROL_HZ}")
+        self._init_from_spec(spec)
 
     @property
     def sim(self) -> Any:
@@ -114,7 +138,7 @@ class PointMazeEnv(TaskEnv):
 
     def render(self) -> np.ndarray:
         """Top-down picture of the maze, the goal and the point (no OpenGL needed)."""
-        from envs.pointmaze_render import draw_maze
+        from dpstack.envs.pointmaze_render import draw_maze
 
         return draw_maze(self._env, self._env.point_env.data.qpos[:2].copy())
 

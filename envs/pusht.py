@@ -14,38 +14,39 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gym_pusht.envs.pusht import PushTEnv as _GymPushT
 
-from envs.base import Feature, TaskEnv
+from dpstack.envs.base import TaskEnv
+from dpstack.features import Feature
+from dpstack.tasks import TaskSpec
 
 EVAL_SEED = 100_000
 SUCCESS_COVERAGE = 0.95
 
 
 class PushTEnv(TaskEnv):
-    control_hz = 10.0
-    action_feature = Feature((2,))
-    action_low = np.zeros(2, np.float32)
-    action_high = np.full(2, 512.0, np.float32)
-
-    def __init__(self, image: bool = False, max_steps: int = 300, render_size: int = 256) -> None:
-        self.image = image
-        self.max_steps = max_steps
-        self.features = (
+    @classmethod
+    def spec(cls, image: bool = False, max_steps: int = 300, render_size: int = 256) -> TaskSpec:
+        features = (
             {"image": Feature((96, 96, 3), "uint8", "image"), "agent_pos": Feature((2,))}
             if image
             else {"agent_pos": Feature((2,)), "keypoints": Feature((16,))}
         )
-        self._env = _GymPushT(
+        return TaskSpec("pusht", features, Feature((2,)), (0.0, 0.0), (512.0, 512.0), 10.0, max_steps)
+
+    def __init__(self, image: bool = False, max_steps: int = 300, render_size: int = 256) -> None:
+        from gym_pusht.envs.pusht import PushTEnv as GymPushT  # the simulator loads only when built
+
+        self.image = image
+        self._env = GymPushT(
             obs_type="pixels_agent_pos" if image else "environment_state_agent_pos",
             render_mode="rgb_array",
             visualization_width=render_size,
             visualization_height=render_size,
         )
-        self._init_spaces()
+        self._init_from_spec(self.spec(image, max_steps, render_size))
 
     @property
-    def sim(self) -> _GymPushT:
+    def sim(self) -> Any:
         return self._env
 
     def _convert(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
-"""The task registry: task name -> env class, expert class and fixed constructor arguments.
+"""The task registry, the one place that lists tasks: name -> env class, expert class, fixed arguments.
 
-Adding a task costs one module (its `TaskEnv` subclass, plus an expert module next to it), one line
-here, and one `configs/task/<name>.yaml`. Classes are imported only when a task is made, so listing
-tasks does not load every simulator.
+Adding a task costs one module (a `TaskEnv` subclass with its `spec`, plus an expert next to it), one
+entry here, and one `configs/task/<name>.yaml`. Classes are named by string inside this layer and
+imported only when used; a task module imports its simulator only when its env is built, so
+`task_spec` reads a task's shapes without loading any simulator.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from dpstack.envs.base import Expert, TaskEnv
 from dpstack.errors import ConfigError
-from envs.base import Expert, Feature, TaskEnv
+from dpstack.tasks import TaskConfig, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -23,34 +25,19 @@ class TaskEntry:
     expert: str  # "module:Class" of an Expert, constructed as Class(rng, noise=..., **expert_kwargs)
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     expert_kwargs: dict[str, Any] = field(default_factory=dict)
-    eval_seed: int = 100_000
 
+
+_MAZE = ("dpstack.envs.pointmaze:PointMazeEnv", "dpstack.envs.pointmaze_expert:PointMazeExpert")
+_ROBOSUITE = ("dpstack.envs.robosuite_tasks:RobosuiteEnv", "dpstack.envs.robosuite_expert:RobosuiteExpert")
 
 TASKS: dict[str, TaskEntry] = {
-    "pusht": TaskEntry("envs.pusht:PushTEnv", "envs.pusht_expert:PushTExpert"),
-    "pointmaze-umaze": TaskEntry(
-        "envs.pointmaze:PointMazeEnv", "envs.pointmaze_expert:PointMazeExpert", {"maze": "umaze"}
-    ),
-    "pointmaze-medium": TaskEntry(
-        "envs.pointmaze:PointMazeEnv", "envs.pointmaze_expert:PointMazeExpert", {"maze": "medium"}
-    ),
-    "pointmaze-large": TaskEntry(
-        "envs.pointmaze:PointMazeEnv", "envs.pointmaze_expert:PointMazeExpert", {"maze": "large"}
-    ),
-    "pointmaze-umaze-dense": TaskEntry(
-        "envs.pointmaze:PointMazeEnv",
-        "envs.pointmaze_expert:PointMazeExpert",
-        {"maze": "umaze", "reward_type": "dense"},
-    ),
-    "lift": TaskEntry(
-        "envs.robosuite_tasks:RobosuiteEnv", "envs.robosuite_expert:RobosuiteExpert", {"task": "Lift"}, {"task": "Lift"}
-    ),
-    "can": TaskEntry(
-        "envs.robosuite_tasks:RobosuiteEnv",
-        "envs.robosuite_expert:RobosuiteExpert",
-        {"task": "PickPlaceCan"},
-        {"task": "PickPlaceCan"},
-    ),
+    "pusht": TaskEntry("dpstack.envs.pusht:PushTEnv", "dpstack.envs.pusht_expert:PushTExpert"),
+    "pointmaze-umaze": TaskEntry(*_MAZE, {"maze": "umaze"}),
+    "pointmaze-medium": TaskEntry(*_MAZE, {"maze": "medium"}),
+    "pointmaze-large": TaskEntry(*_MAZE, {"maze": "large"}),
+    "pointmaze-umaze-dense": TaskEntry(*_MAZE, {"maze": "umaze", "reward_type": "dense"}),
+    "lift": TaskEntry(*_ROBOSUITE, {"task": "Lift"}, {"task": "Lift"}),
+    "can": TaskEntry(*_ROBOSUITE, {"task": "PickPlaceCan"}, {"task": "PickPlaceCan"}),
 }
 
 
@@ -66,37 +53,34 @@ def task_entry(name: str) -> TaskEntry:
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(sorted(TASKS))}") from None
 
 
-def make_env(name: str, **kwargs: Any) -> TaskEnv:
-    """Build task `name`; `kwargs` (e.g. image=True, max_steps=..., references) go to its env class."""
-    entry = task_entry(name)
-    return _load(entry.env)(**entry.env_kwargs, **kwargs)
+def _env_kwargs(task: TaskConfig | str, overrides: dict[str, Any]) -> tuple[TaskEntry, dict[str, Any]]:
+    if isinstance(task, str):
+        task = TaskConfig(name=task)
+    entry = task_entry(task.name)
+    kwargs: dict[str, Any] = {**entry.env_kwargs, "image": task.image, **task.env, **overrides}
+    if task.max_steps is not None:
+        kwargs.setdefault("max_steps", task.max_steps)
+    return entry, kwargs
 
 
-def action_feature(name: str) -> Feature:
-    """The task's declared action feature, without building the env (its class attribute)."""
-    return _load(task_entry(name).env).action_feature
+def task_spec(task: TaskConfig | str, **overrides: Any) -> TaskSpec:
+    """The spec of `task` (a TaskConfig or a task name) as data: no simulator is imported or built."""
+    entry, kwargs = _env_kwargs(task, overrides)
+    try:
+        return _load(entry.env).spec(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"task {entry.env}: bad env arguments {sorted(kwargs)} ({exc})") from None
+
+
+def make_env(task: TaskConfig | str, **overrides: Any) -> TaskEnv:
+    """Build `task` (a TaskConfig or a task name); `overrides` (e.g. max_steps=...) go to its env class."""
+    entry, kwargs = _env_kwargs(task, overrides)
+    return _load(entry.env)(**kwargs)
 
 
 def make_expert(name: str, rng: np.random.Generator, noise: float = 0.0) -> Expert:
     entry = task_entry(name)
     return _load(entry.expert)(rng, noise=noise, **entry.expert_kwargs)
-
-
-@dataclass
-class TaskConfig:
-    """`configs/task/<name>.yaml`: which task, its observation variant, and its tunables."""
-
-    name: str = "pusht"
-    image: bool = False
-    max_steps: int | None = None  # None: the task's own default episode length
-    eval_seed: int = 100_000
-    env: dict[str, Any] = field(default_factory=dict)  # extra env arguments, e.g. score references
-
-    def make_env(self, **overrides: Any) -> TaskEnv:
-        kwargs: dict[str, Any] = {"image": self.image, **self.env, **overrides}
-        if self.max_steps is not None:
-            kwargs.setdefault("max_steps", self.max_steps)
-        return make_env(self.name, **kwargs)
 
 
 def load_task_config(name: str, overrides: list[str] | None = None) -> TaskConfig:

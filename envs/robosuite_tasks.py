@@ -29,12 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import Feature, TaskEnv
+from dpstack.envs.base import TaskEnv
+from dpstack.features import Feature
+from dpstack.tasks import TaskSpec
 
 TASKS = {"Lift": 10, "PickPlaceCan": 14}  # robosuite env name -> object-state size
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 DEFAULT_MAX_STEPS = {"Lift": 400, "PickPlaceCan": 400}
 ALIASES = {"lift": "Lift", "can": "PickPlaceCan", "PickPlace": "PickPlaceCan"}  # registry / robomimic names
+REGISTRY_NAMES = {"Lift": "lift", "PickPlaceCan": "can"}
+CONTROL_HZ = 20.0
 
 
 def _import_robosuite() -> Any:
@@ -68,20 +72,12 @@ def _pose_in_frame(pos: np.ndarray, quat: np.ndarray, frame_pos: np.ndarray, fra
 class RobosuiteEnv(TaskEnv):
     """A robosuite manipulation task with robomimic-style observations (see the module docstring)."""
 
-    control_hz = 20.0
-    action_feature = Feature((7,), discrete_dims=(6,))  # the gripper
-    action_low = -np.ones(7, np.float32)
-    action_high = np.ones(7, np.float32)
-
-    def __init__(self, task: str, image: bool = False, max_steps: int | None = None, camera_size: int = 84) -> None:
+    @classmethod
+    def spec(cls, task: str, image: bool = False, max_steps: int | None = None, camera_size: int = 84) -> TaskSpec:
         task = ALIASES.get(task, task)
         if task not in TASKS:
             raise ValueError(f"RobosuiteEnv: unknown task {task!r}, expected one of {sorted(TASKS)}")
-        self.task = task
-        self.image = image
-        self.camera_size = camera_size
-        self.max_steps = int(max_steps or DEFAULT_MAX_STEPS[task])
-        self.features = {
+        features = {
             "object": Feature((TASKS[task],)),
             "robot0_eef_pos": Feature((3,)),
             "robot0_eef_quat": Feature((4,)),
@@ -89,7 +85,23 @@ class RobosuiteEnv(TaskEnv):
         }
         if image:
             for cam in CAMERAS:
-                self.features[f"{cam}_image"] = Feature((camera_size, camera_size, 3), "uint8", "image")
+                features[f"{cam}_image"] = Feature((camera_size, camera_size, 3), "uint8", "image")
+        return TaskSpec(
+            REGISTRY_NAMES[task],
+            features,
+            Feature((7,), discrete_dims=(6,)),  # the gripper
+            (-1.0,) * 7,
+            (1.0,) * 7,
+            CONTROL_HZ,
+            int(max_steps or DEFAULT_MAX_STEPS[task]),
+        )
+
+    def __init__(self, task: str, image: bool = False, max_steps: int | None = None, camera_size: int = 84) -> None:
+        spec = self.spec(task, image, max_steps, camera_size)
+        task = ALIASES.get(task, task)
+        self.task = task
+        self.image = image
+        self.camera_size = camera_size
         suite = _import_robosuite()
         self._env = suite.make(
             task,
@@ -103,7 +115,7 @@ class RobosuiteEnv(TaskEnv):
             camera_heights=camera_size,
             camera_widths=camera_size,
             reward_shaping=False,
-            control_freq=int(self.control_hz),
+            control_freq=int(CONTROL_HZ),
             horizon=10**6,
             ignore_done=True,
             hard_reset=False,  # rebuilding the MJCF model every episode costs ~0.5 s and drops render contexts
@@ -111,7 +123,7 @@ class RobosuiteEnv(TaskEnv):
         )
         self._obj = "cube" if task == "Lift" else "Can"
         self._raw: dict[str, np.ndarray] = {}
-        self._init_spaces()
+        self._init_from_spec(spec)
 
     @property
     def sim(self) -> Any:

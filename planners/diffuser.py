@@ -25,19 +25,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from envs.base import Feature
-from planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
-from planners.value import TrajectoryValue
-from policy.denoisers import DENOISERS
-from policy.denoisers import unet1d as unet_presets
-from policy.methods import PolicyModule
-from policy.normalizer import Normalizer
+from dpstack.features import Feature
+from dpstack.planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
+from dpstack.planners.value import TrajectoryValue
+from dpstack.policy.denoisers import DENOISERS
+from dpstack.policy.denoisers import unet1d as unet_presets
+from dpstack.policy.module import PolicyModule
+from dpstack.policy.normalizer import Normalizer
 
 
 def first_arrival(positions: torch.Tensor, goal: torch.Tensor, radius: float) -> torch.Tensor:
@@ -78,6 +78,22 @@ class DiffuserOptions:
             raise ValueError(f"value_discount must be in [0, 1), got {self.value_discount}")
         if self.n_samples < 1 or self.replan_every < 0 or self.n_guide_steps < 0 or self.stop_at_goal < 0:
             raise ValueError("need n_samples >= 1, replan_every >= 0, n_guide_steps >= 0 and stop_at_goal >= 0")
+
+
+@dataclass
+class PlanOptions:
+    """`sampler=plan`: how the Diffuser planner samples and uses its plans (None: the planner's preset)."""
+
+    name: str = "plan"
+    num_inference_steps: int | None = field(default=None, metadata={"help": "DDPM levels (None: all)"})
+    guide_scale: float | None = field(default=None, metadata={"help": "value-guidance scale, 0 unguided"})
+    n_samples: int | None = field(
+        default=None, metadata={"help": "plans sampled per decision; the best by value (or first to arrive) runs"}
+    )
+    replan_every: int | None = field(default=None, metadata={"help": "replan every N ticks, 0 once per episode"})
+    stop_at_goal: float | None = field(
+        default=None, metadata={"help": "cut a plan where it first comes this close to the goal, 0 never"}
+    )
 
 
 @dataclass(frozen=True)
@@ -268,23 +284,25 @@ class DiffuserPlanner(PolicyModule):
         return out
 
     # ------------------------------------------------------------------ the policy interface
-    def make_sampler(self, cfg: Any = None) -> PlanSampler:
-        """A PlanSampler from a SamplerConfig (ddpm; its planner fields override method_kwargs) or a name."""
-        name = getattr(cfg, "name", cfg)
-        if name not in (None, "ddpm"):
-            raise ValueError(f"the diffuser planner samples plans with ddpm only, got sampler {name!r}")
-        opts = self.options
+    SAMPLERS: ClassVar[dict[str, type]] = {"plan": PlanOptions}
 
-        def pick(field: str, default: Any) -> Any:
-            value = getattr(cfg, field, None)
+    def default_sampler_options(self) -> dict[str, Any]:
+        return {"name": "plan"}
+
+    def make_sampler(self, options: Any = None) -> PlanSampler:
+        """A PlanSampler from `PlanOptions` (see `PolicyModule.sampler_options`); unset keys: the preset's."""
+        chosen, preset = self.sampler_options(options), self.options
+
+        def pick(key: str, default: Any) -> Any:
+            value = getattr(chosen, key)
             return default if value is None else value
 
         sampler = PlanSampler(
             num_inference_steps=pick("num_inference_steps", self.cfg.num_inference_steps),
-            guide_scale=float(pick("guide_scale", opts.guide_scale)),
-            n_samples=int(pick("n_samples", opts.n_samples)),
-            replan_every=int(pick("replan_every", opts.replan_every)),
-            stop_at_goal=float(pick("stop_at_goal", opts.stop_at_goal)),
+            guide_scale=float(pick("guide_scale", preset.guide_scale)),
+            n_samples=int(pick("n_samples", preset.n_samples)),
+            replan_every=int(pick("replan_every", preset.replan_every)),
+            stop_at_goal=float(pick("stop_at_goal", preset.stop_at_goal)),
         )
         if self.value is None and sampler.guide_scale > 0:
             raise ValueError("guide_scale > 0 needs a value net: train with policy.method_kwargs.value_discount > 0")

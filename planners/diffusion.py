@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from policy.schedulers import DDPMScheduler, NoiseSchedule
+from dpstack.policy.schedulers import DDPMScheduler, NoiseSchedule
 
 Conditions = Mapping[int, torch.Tensor]  # time index -> normalized state (B, state_dim)
 Guide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (trajectories, timesteps) -> value (B,)

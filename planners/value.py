@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from policy.denoisers.embeddings import timestep_mlp
-from policy.denoisers.unet1d import down_levels
+from dpstack.policy.denoisers.embeddings import timestep_mlp
+from dpstack.policy.denoisers.unet1d import down_levels
 
 
 class TrajectoryValue(nn.Module):

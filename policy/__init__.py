@@ -1,3 +1,6 @@
-"""Diffusion Policy: episode data, normalization, denoisers, noise schedules, samplers and training."""
+"""The learning core (`dpstack.policy`): normalization, denoisers, noise schedules, samplers, Diffusion
+Policy, the evaluator, ONNX export and the torch-free runtime.
 
-import dpstack  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported by any policy module)
+This package's own import is empty on purpose: `dpstack.policy.runtime` and `dpstack.policy.execution`
+must load on a robot without PyTorch (see the import-linter contracts in pyproject.toml).
+"""

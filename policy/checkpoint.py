@@ -5,6 +5,7 @@ A checkpoint directory holds
     config.json         format version, dpstack version, policy config, task features, training step
 and, for resuming training, ``train_state.safetensors`` (raw weights, optimizer tensors, RNG state)
 plus ``train_state.json`` (optimizer hyper-parameters, step, epoch). No pickle anywhere.
+Rebuilding a policy from a checkpoint needs the method registry: `dpstack.methods.load_policy`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dpstack import __version__
 from dpstack.errors import UserError
-from envs.base import Feature
+from dpstack.version import __version__
 
 FORMAT_VERSION = 1
 
@@ -87,35 +87,3 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (candidate / "config.json").exists():
             return candidate
     raise CheckpointError(f"{path}: not a checkpoint (no config.json here or in checkpoints/latest)")
-
-
-def _feature(entry: dict[str, Any]) -> Feature:
-    """A Feature from its config.json entry (lists back to tuples)."""
-    return Feature(**{**entry, "shape": tuple(entry["shape"]), "discrete_dims": tuple(entry.get("discrete_dims", ()))})
-
-
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the policy from config.json and load model.safetensors (strict: every tensor must match)."""
-    from policy.diffusion_policy import PolicyConfig
-    from policy.methods import build_policy
-
-    directory = resolve_checkpoint(path)
-    config = read_json(directory / "config.json")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{directory / 'config.json'}: format_version {config.get('format_version')!r}, "
-            f"this dpstack reads {FORMAT_VERSION}"
-        )
-    try:
-        policy_cfg = PolicyConfig(**config["policy"])
-        obs_features = {k: _feature(v) for k, v in config["obs_features"].items()}
-        policy = build_policy(policy_cfg, obs_features, _feature(config["action_feature"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{directory / 'config.json'}: invalid policy config ({exc})") from exc
-    state = read_tensors(directory / "model.safetensors")
-    try:
-        policy.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{directory / 'model.safetensors'}: does not match config.json ({exc})") from exc
-    policy.checkpoint_config = config
-    return policy.to(device).eval()

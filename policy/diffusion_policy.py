@@ -9,24 +9,24 @@ fitted on the training store, so raw environment values go in and raw actions co
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from envs.base import Feature
-from policy.denoisers import DENOISERS
-from policy.denoisers import mlp as mlp_presets
-from policy.denoisers import transformer as transformer_presets
-from policy.denoisers import unet1d as unet_presets
-from policy.encoders import ObservationEncoder
-from policy.methods import PolicyModule
-from policy.normalizer import Normalizer
-from policy.samplers import Sampler, SamplerConfig, SamplerState, StreamLayout, build_sampler
-from policy.samplers.streaming import streaming_training_timesteps
-from policy.schedulers import NoiseSchedule
+from dpstack.features import Feature
+from dpstack.policy.denoisers import DENOISERS
+from dpstack.policy.denoisers import mlp as mlp_presets
+from dpstack.policy.denoisers import transformer as transformer_presets
+from dpstack.policy.denoisers import unet1d as unet_presets
+from dpstack.policy.encoders import ObservationEncoder
+from dpstack.policy.module import PolicyModule
+from dpstack.policy.normalizer import Normalizer
+from dpstack.policy.samplers import SAMPLERS, Sampler, SamplerState, SamplerWindow, StreamLayout
+from dpstack.policy.samplers.streaming import streaming_training_timesteps
+from dpstack.policy.schedulers import NoiseSchedule
 
 NOISE_MODES = ("constant", "streaming")
 _PRESETS = {"unet": unet_presets.PRESETS, "transformer": transformer_presets.PRESETS, "mlp": mlp_presets.PRESETS}
@@ -36,7 +36,7 @@ _PRESETS = {"unet": unet_presets.PRESETS, "transformer": transformer_presets.PRE
 class PolicyConfig:
     """`configs/policy/<name>.yaml`: the network, the noise schedule and the action timing."""
 
-    method: str = "diffusion_policy"  # diffusion_policy | diffuser (policy/methods.py)
+    method: str = "diffusion_policy"  # diffusion_policy | diffuser (dpstack/methods.py)
     denoiser: str = "unet"  # unet | transformer | mlp
     preset: str = "small"  # a size preset of that denoiser (e.g. unet: lowdim, image, small, tiny)
     horizon: int = 16
@@ -55,10 +55,6 @@ class PolicyConfig:
     method_kwargs: dict[str, Any] = field(default_factory=dict)  # options of the method (diffuser: DiffuserOptions)
 
     def __post_init__(self) -> None:
-        from policy.methods import METHODS
-
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}")
         if self.denoiser not in DENOISERS:
             raise ValueError(f"denoiser must be one of {sorted(DENOISERS)}, got {self.denoiser!r}")
         if self.preset not in _PRESETS[self.denoiser]:
@@ -172,21 +168,21 @@ class DiffusionPolicy(PolicyModule):
         return loss, {"loss": float(loss.detach())}
 
     # ------------------------------------------------------------------ acting
-    def make_sampler(self, cfg: SamplerConfig | str | None = None) -> Sampler:
-        """A sampler laid out for this policy's window; None or a name without options: the policy's default."""
-        if cfg is None or isinstance(cfg, str):
-            cfg = SamplerConfig(name=cfg)
-        if cfg.name is None:
-            steps = cfg.num_inference_steps or self.cfg.num_inference_steps
-            cfg = replace(cfg, name=self.cfg.sampler, num_inference_steps=steps)
-        return build_sampler(
-            cfg,
+    SAMPLERS = SAMPLERS
+
+    def default_sampler_options(self) -> dict[str, Any]:
+        return {"name": self.cfg.sampler, "num_inference_steps": self.cfg.num_inference_steps}
+
+    def make_sampler(self, options: Any = None) -> Sampler:
+        """A sampler laid out for this policy's window (`options`: see `PolicyModule.sampler_options`)."""
+        window = SamplerWindow(
             self.schedule,
             self.cfg.horizon,
             self.cfg.n_obs_steps,
             self.cfg.n_action_steps,
             self.action_feature.discrete_dims,
         )
+        return self.sampler_options(options).build(window)
 
     def default_sampler(self) -> Sampler:
         return self.make_sampler()

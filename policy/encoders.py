@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.base import Feature
+from dpstack.features import Feature
 
 
 class _BasicBlock(nn.Module):

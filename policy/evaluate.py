@@ -17,14 +17,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from envs.registry import TaskConfig
-from policy.execution import ChunkFn, ChunkSource, RecedingHorizon
+from dpstack.envs.registry import make_env
+from dpstack.policy.execution import ChunkFn, ChunkSource, RecedingHorizon, resolve_latency_steps
+from dpstack.tasks import TaskConfig
 
 EXTRA_INFO_KEYS = ("max_coverage", "return")
 
 
 def _make(task: TaskConfig) -> Callable[[], gym.Env]:
-    return lambda: task.make_env()
+    return lambda: make_env(task)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
@@ -207,6 +208,10 @@ def evaluate_policy(
     import torch
 
     sampler = sampler or policy.default_sampler()
+    predicted = sampler.chunk_length(policy.cfg.horizon) - (policy.cfg.n_obs_steps - 1)
+    latency_steps = resolve_latency_steps(
+        latency_steps, policy.actions_per_tick(sampler), predicted, f"sampler {sampler.name}"
+    )
     session = policy.session(sampler, torch.Generator().manual_seed(seed))
     was_training = policy.training
     policy.eval()
@@ -242,9 +247,12 @@ def evaluate_exported(
     threads: int = 1,
 ) -> dict[str, Any]:
     """`evaluate_policy` through the PyTorch-free runtime on a `dpstack export` directory."""
-    from policy.runtime import OnnxPolicy
+    from dpstack.policy.runtime import OnnxPolicy
 
     runtime = OnnxPolicy(model_dir, threads=threads, seed=seed)
+    latency_steps = resolve_latency_steps(
+        latency_steps, runtime.actions_per_tick, int(runtime.meta["actions_per_output"]), f"the export {model_dir}"
+    )
     return evaluate_source(
         runtime,
         runtime.n_obs_steps,

@@ -25,6 +25,8 @@ from typing import Protocol
 
 import numpy as np
 
+from dpstack.errors import ConfigError
+
 
 class ChunkSource(Protocol):
     """history {key: (B, To, ...)} -> actions (B, A, Da) from the current step on; optional reset()."""
@@ -87,17 +89,32 @@ class ActionSchedule:
         return self._chunk[:, tick - self._start]
 
 
+def resolve_latency_steps(latency_steps: int, actions_per_tick: int, predicted: int, what: str) -> int:
+    """The latency that fits a chunk source; the one check every caller (evaluator, runtime, ROS node) uses.
+
+    latency_steps: ticks between an observation and its chunk taking effect; -1 picks one tick ahead
+        when the chunk is long enough, else 0.
+    actions_per_tick: actions executed per tick; predicted: executable actions one chunk holds (from
+        the current step). `what` names the source in the error, e.g. "sampler ddim-10".
+    """
+    if latency_steps < 0:
+        latency_steps = 1 if actions_per_tick > 1 and 1 + actions_per_tick <= predicted else 0
+    if not 0 <= latency_steps < actions_per_tick or latency_steps + actions_per_tick > predicted:
+        raise ConfigError(
+            f"latency_steps={latency_steps} does not fit {what}: it executes {actions_per_tick} actions per tick "
+            f"out of {predicted} it predicts, so latency_steps must be in "
+            f"[0, {min(actions_per_tick - 1, predicted - actions_per_tick)}]"
+        )
+    return latency_steps
+
+
 class RecedingHorizon:
     """select_action(obs {key: (B, ...)}) -> (B, Da); `last_tick_inferred` tells whether it ran the policy."""
 
     def __init__(
         self, predict_chunk: ChunkSource | ChunkFn, n_obs_steps: int, actions_per_tick: int, latency_steps: int = 0
     ) -> None:
-        if not 0 <= latency_steps < actions_per_tick:
-            raise ValueError(
-                f"latency_steps must be in [0, actions_per_tick={actions_per_tick}) so a chunk arrives before "
-                f"the queue runs dry, got {latency_steps}"
-            )
+        # latency_steps: as checked by `resolve_latency_steps` (a chunk too short for it fails at its tick)
         self.predict_chunk = predict_chunk
         self.n_obs_steps = n_obs_steps
         self.actions_per_tick = actions_per_tick

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpstack import __version__
-from policy.diffusion_policy import DiffusionPolicy
-from policy.samplers import Sampler
+from dpstack.policy.diffusion_policy import DiffusionPolicy
+from dpstack.policy.samplers import Sampler
+from dpstack.version import __version__
 
 FORMAT = "dpstack-onnx"
 FORMAT_VERSION = 1
@@ -265,7 +265,7 @@ def parity_check(
     Each side carries its own sampler state across `ticks` ticks. Returns the max abs difference of
     the actions in raw and in normalized units.
     """
-    from policy.runtime import OnnxPolicy
+    from dpstack.policy.runtime import OnnxPolicy
 
     runtime = OnnxPolicy(model_dir)
     rng = np.random.default_rng(seed)

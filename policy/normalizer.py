@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
-from policy.data.store import EpisodeStore
 
 MODES = ("minmax", "image", "identity")
 _KEY = re.compile(r"^[A-Za-z0-9_]+$")

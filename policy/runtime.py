@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from dpstack.errors import ModelError
-from policy.execution import RecedingHorizon
+from dpstack.policy.execution import RecedingHorizon
 
 SUPPORTED_FORMAT = ("dpstack-onnx", 1)
 
@@ -40,6 +40,31 @@ def _session(path: Path, threads: int) -> Any:
         raise ModelError(f"{path}: not a loadable ONNX model (corrupt or truncated?): {first_line}") from None
 
 
+def read_export_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """policy.json of a `dpstack export` directory, checked: present, valid JSON, a format this runtime reads."""
+    meta_path = Path(model_dir) / "policy.json"
+    if not meta_path.is_file():
+        raise ModelError(f"{meta_path}: missing; is {model_dir} a directory written by `dpstack export`?")
+    try:
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{meta_path}: not valid JSON ({exc})") from None
+    found = (
+        meta.get("format") if isinstance(meta, dict) else None,
+        meta.get("format_version") if isinstance(meta, dict) else None,
+    )
+    if found != SUPPORTED_FORMAT:
+        raise ModelError(f"{meta_path}: format {found}, this runtime reads {SUPPORTED_FORMAT}")
+    missing = [
+        k
+        for k in ("graphs", "observations", "state", "n_obs_steps", "actions_per_tick", "action", "task")
+        if k not in meta
+    ]
+    if missing:
+        raise ModelError(f"{meta_path}: missing entries {missing} (a truncated or hand-edited file?)")
+    return meta
+
+
 class OnnxPolicy:
     """An exported tick graph with its sampler state: `reset()`, `act(obs)`, and `tick(history)`.
 
@@ -51,16 +76,7 @@ class OnnxPolicy:
 
     def __init__(self, model_dir: str | Path, threads: int = 1, seed: int | None = None) -> None:
         self.dir = Path(model_dir)
-        meta_path = self.dir / "policy.json"
-        if not meta_path.is_file():
-            raise ModelError(f"{meta_path}: missing; is {self.dir} a directory written by `dpstack export`?")
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ModelError(f"{meta_path}: not valid JSON ({exc})") from None
-        found = (self.meta.get("format"), self.meta.get("format_version"))
-        if found != SUPPORTED_FORMAT:
-            raise ModelError(f"{meta_path}: format {found}, this runtime reads {SUPPORTED_FORMAT}")
+        self.meta = read_export_metadata(self.dir)
         graphs = self.meta["graphs"]
         self._tick = _session(self.dir / graphs["tick"]["file"], threads)
         self._start = _session(self.dir / graphs["start"]["file"], threads) if "start" in graphs else None

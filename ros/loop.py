@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpstack.cli import quote_value
-from dpstack.errors import ConfigError, ModelError, UserError
-from envs.registry import TaskConfig
+from dpstack.config import quote_value
+from dpstack.envs.registry import task_spec
+from dpstack.errors import ConfigError, UserError
+from dpstack.tasks import TaskConfig
 
 
 @dataclass
@@ -97,21 +98,18 @@ def run_loop(cfg: LoopConfig) -> dict[str, Any]:
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
-    from policy.evaluate import summarize, write_eval
-    from ros.messages import COMMAND_QOS
+    from dpstack.policy.evaluate import summarize, write_eval
+    from dpstack.policy.runtime import read_export_metadata
+    from dpstack.ros.messages import COMMAND_QOS
 
-    meta_path = Path(cfg.model) / "policy.json"
-    if not meta_path.is_file():
-        raise ModelError(f"{meta_path}: missing; is {cfg.model} a directory written by `dpstack export`?")
-    meta = json.loads(meta_path.read_text())
+    meta = read_export_metadata(cfg.model)
     task = cfg.task or TaskConfig(**meta["task"])
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be >= 1, got {cfg.episodes}")
     if cfg.real_time_factor < 0:
         raise ConfigError(f"real_time_factor must be >= 0 (0: lockstep), got {cfg.real_time_factor}")
-    env_probe = task.make_env()
-    control_hz, max_steps = float(env_probe.control_hz), int(env_probe.max_steps)
-    env_probe.close()
+    spec = task_spec(task)
+    control_hz, max_steps = spec.control_hz, spec.max_steps
     seed = task.eval_seed if cfg.seed < 0 else cfg.seed
     sim_time = cfg.real_time_factor != 1.0
     domain = cfg.domain_id if cfg.domain_id >= 0 else random.Random().randint(1, 100)

@@ -45,8 +45,8 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from dpstack.errors import ModelError
-from policy.execution import ActionSchedule, ObservationHistory
-from ros.messages import (
+from dpstack.policy.execution import ActionSchedule, ObservationHistory, resolve_latency_steps
+from dpstack.ros.messages import (
     COMMAND_QOS,
     SENSOR_QOS,
     MalformedMessage,
@@ -56,8 +56,8 @@ from ros.messages import (
     observation_topics,
     parse_mapping,
 )
-from ros.parameters import declare_config, read_config
-from ros.spin import spin_until_shutdown
+from dpstack.ros.parameters import declare_config, read_config
+from dpstack.ros.spin import spin_until_shutdown
 
 DYNAMIC_PARAMETERS = ("enabled", "watchdog_timeout")  # take effect at once; the rest at the next configure
 
@@ -127,7 +127,7 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from policy.runtime import OnnxPolicy
+        from dpstack.policy.runtime import OnnxPolicy
 
         self.cfg = read_config(self, PolicyNodeConfig)
         try:
@@ -193,15 +193,9 @@ class PolicyNode(LifecycleNode):
             raise ValueError(f"joint_names has {len(cfg.joint_names)} names, the model's action has {dim} dims")
         if cfg.rate_hz < 0 or not (cfg.rate_hz or meta.get("control_hz")):
             raise ValueError(f"rate_hz must be > 0 (or 0 with a model that declares control_hz), got {cfg.rate_hz}")
-        per_tick, output = self.runtime.actions_per_tick, int(meta["actions_per_output"])
-        self.latency_steps = cfg.latency_steps
-        if cfg.latency_steps < 0:  # auto: one tick ahead when the chunk is long enough
-            self.latency_steps = 1 if per_tick > 1 and 1 + per_tick <= output else 0
-        if not 0 <= self.latency_steps < per_tick or self.latency_steps + per_tick > output:
-            raise ValueError(
-                f"latency_steps={cfg.latency_steps} does not fit the model: it executes {per_tick} actions per tick "
-                f"out of {output} it predicts, so latency_steps must be in [0, {min(per_tick - 1, output - per_tick)}]"
-            )
+        self.latency_steps = resolve_latency_steps(
+            cfg.latency_steps, self.runtime.actions_per_tick, int(meta["actions_per_output"]), "the model"
+        )
         if cfg.watchdog_timeout <= 0:
             raise ValueError(f"watchdog_timeout must be > 0 s, got {cfg.watchdog_timeout}")
 

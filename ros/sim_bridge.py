@@ -29,12 +29,13 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
 
-from envs.base import TaskEnv
-from envs.registry import TaskConfig
-from policy.evaluate import EXTRA_INFO_KEYS
-from ros.messages import COMMAND_QOS, SENSOR_QOS, MalformedMessage, decode_action, observation_topics
-from ros.parameters import declare_config, read_config
-from ros.spin import spin_until_shutdown
+from dpstack.envs.base import TaskEnv
+from dpstack.envs.registry import make_env
+from dpstack.policy.evaluate import EXTRA_INFO_KEYS
+from dpstack.ros.messages import COMMAND_QOS, SENSOR_QOS, MalformedMessage, decode_action, observation_topics
+from dpstack.ros.parameters import declare_config, read_config
+from dpstack.ros.spin import spin_until_shutdown
+from dpstack.tasks import TaskConfig
 
 
 @dataclass
@@ -67,7 +68,7 @@ class SimBridge(Node):
         self.declare_parameter("task_name", cfg.task.name, ParameterDescriptor(read_only=True, description="task"))
         self.cfg = cfg = read_config(self, SimBridgeConfig, task=cfg.task)
         self.task = cfg.task
-        self.env: TaskEnv = self.task.make_env()
+        self.env: TaskEnv = make_env(self.task)
         self.period_ns = round(1e9 / self.env.control_hz)
         self.lockstep = cfg.real_time_factor == 0
         self.publish_clock = cfg.publish_clock or self.lockstep

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs.collect import collect
-from envs.registry import load_task_config
-from policy.checkpoint import load_policy
-from policy.data.store import EpisodeStore
-from policy.diffusion_policy import PolicyConfig
-from policy.export import export_policy
-from policy.samplers import SamplerConfig
-from policy.train import TrainConfig, train
+from dpstack.data.store import EpisodeStore
+from dpstack.envs.collect import collect
+from dpstack.envs.registry import load_task_config
+from dpstack.methods import load_policy
+from dpstack.policy.diffusion_policy import PolicyConfig
+from dpstack.policy.export import export_policy
+from dpstack.policy.samplers import DDIMOptions, RTIOptions, StreamingOptions
+from dpstack.train import TrainConfig, train
 
 MAZE = load_task_config("pointmaze-umaze", ["max_steps=150"])
 
@@ -72,9 +72,9 @@ def train_config(store: Path, out: Path, **kwargs) -> TrainConfig:
 
 # A tiny streaming-trained U-Net exported with three samplers: shared by the export and ROS tests.
 EXPORT_SAMPLERS = {
-    "ddim": SamplerConfig(name="ddim", num_inference_steps=3),
-    "streaming": SamplerConfig(name="streaming", num_inference_steps=3),  # 3 chunks, one call per tick
-    "rti": SamplerConfig(name="rti", first="ddim", num_inference_steps=3, timesteps=[1, 0]),
+    "ddim": DDIMOptions(num_inference_steps=3),
+    "streaming": StreamingOptions(num_inference_steps=3),  # 3 chunks, one call per tick
+    "rti": RTIOptions(first="ddim", num_inference_steps=3, timesteps=[1, 0]),
 }
 
 

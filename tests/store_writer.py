@@ -15,7 +15,7 @@ from pathlib import Path
 
 import zarr
 
-from policy.data.store import EpisodeStore
+from dpstack.data.store import EpisodeStore
 from tests.conftest import make_episode
 
 LENGTH = 40

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -9,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from policy.data.store import EpisodeStore
+from dpstack.cli import COMMANDS, Command
+from dpstack.data.store import EpisodeStore
 from tests.test_robomimic_import import _write_robomimic
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
@@ -25,12 +28,14 @@ def test_top_level_help_lists_commands() -> None:
     assert "dataset info" in result.stdout and "dataset import robomimic" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["dataset", "info"], ["dataset", "import", "robomimic"]])
-def test_every_command_has_help_with_its_keys(command: list[str]) -> None:
-    result = dpstack(*command, "--help")
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c.words) for c in COMMANDS])
+def test_every_command_has_help_with_its_keys(command: Command) -> None:
+    result = dpstack(*command.words, "--help")
     assert result.returncode == 0, result.stderr
-    assert "usage: dpstack " + " ".join(command) in result.stdout
+    assert "usage: dpstack " + " ".join(command.words) in result.stdout
     assert "keys (defaults from" in result.stdout
+    shown = {line.split(" = ")[0].strip() for line in result.stdout.splitlines() if " = " in line}
+    assert shown == {f.name for f in dataclasses.fields(importlib.import_module(command.module).Config)}
 
 
 def test_dataset_info_prints_json(small_store: EpisodeStore) -> None:
@@ -41,10 +46,21 @@ def test_dataset_info_prints_json(small_store: EpisodeStore) -> None:
     assert summary["keys"]["state"] == {"shape": [15, 3], "dtype": "float32", "chunk_steps": 21}
 
 
+def test_dataset_info_checks_the_store_against_a_task_spec(small_store: EpisodeStore) -> None:
+    result = dpstack("dataset", "info", str(small_store.path), "for_task=pointmaze-umaze")
+    assert result.returncode == 0, result.stderr
+    task = json.loads(result.stdout)["task"]
+    assert task["name"] == "pointmaze-umaze" and task["matches"] is False
+    assert task["problems"] == [
+        "key 'state' has per-step shape (3,), task pointmaze-umaze expects (4,)",
+        "key 'goal' missing (task pointmaze-umaze observes ['goal', 'state'])",
+    ]
+
+
 def test_unknown_key_is_rejected_with_the_valid_keys(small_store: EpisodeStore) -> None:
     result = dpstack("dataset", "info", str(small_store.path), "verbose=true")
     assert result.returncode == 2
-    assert "unknown key 'verbose'" in result.stderr and "valid keys: store, verify" in result.stderr
+    assert "unknown key 'verbose'" in result.stderr and "valid keys: store, verify, for_task" in result.stderr
 
 
 def test_bad_value_type_and_missing_value_are_rejected() -> None:

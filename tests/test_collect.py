@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpstack.data.store import EpisodeStore
+from dpstack.envs.collect import collect
 from dpstack.errors import StoreError
-from envs.collect import collect
-from envs.registry import TaskConfig
-from policy.data.store import EpisodeStore
+from dpstack.tasks import TaskConfig
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
 MAZE = TaskConfig(name="pointmaze-umaze", max_steps=60)

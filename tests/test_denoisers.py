@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policy.denoisers import DENOISERS, mlp, transformer, unet1d
+from dpstack.policy.denoisers import DENOISERS, mlp, transformer, unet1d
 
 TINY = {
     "unet": unet1d.PRESETS["tiny"],

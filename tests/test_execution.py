@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from envs.base import Feature
-from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
-from policy.execution import RecedingHorizon
-from policy.normalizer import Normalizer
+from dpstack.features import Feature
+from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from dpstack.policy.execution import RecedingHorizon, resolve_latency_steps
+from dpstack.policy.normalizer import Normalizer
 
 
 def test_queue_and_history() -> None:
@@ -69,8 +69,13 @@ def test_latency_aware_execution_drops_stale_actions_and_never_runs_dry() -> Non
     executed = [float(runner.select_action({"t": np.full((1, 1), float(t))})[0, 0]) for t in range(14)]
     assert executed == list(range(14))  # every tick gets the action meant for it
     assert requested_at == [0, 2, 6, 10]  # requested while 2 actions were still queued
-    with pytest.raises(ValueError, match="latency_steps"):
-        RecedingHorizon(predict, 2, actions_per_tick=4, latency_steps=4)
+    with pytest.raises(ValueError, match=r"latency_steps=4 does not fit sampler x: .* must be in \[0, 3\]"):
+        resolve_latency_steps(4, actions_per_tick=4, predicted=10, what="sampler x")
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\]"):
+        resolve_latency_steps(3, actions_per_tick=4, predicted=6, what="sampler x")
+    # -1 (auto): one tick ahead when the chunk holds it, else none
+    assert [resolve_latency_steps(-1, 4, 10, "x"), resolve_latency_steps(-1, 4, 4, "x")] == [1, 0]
+    assert [resolve_latency_steps(-1, 1, 8, "x"), resolve_latency_steps(2, 4, 6, "x")] == [0, 2]
     short = RecedingHorizon(lambda h: np.zeros((1, 5, 1)), 2, actions_per_tick=4, latency_steps=2)
     short.select_action({"t": np.zeros((1, 1))})
     short.select_action({"t": np.zeros((1, 1))})

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from dpstack.errors import ModelError
-from policy.checkpoint import load_policy
-from policy.export import parity_check
-from policy.runtime import OnnxPolicy
+from dpstack.methods import load_policy
+from dpstack.policy.export import parity_check
+from dpstack.policy.runtime import OnnxPolicy
 from tests.conftest import EXPORT_SAMPLERS as SAMPLERS
 from tests.conftest import MAZE
 
@@ -38,7 +38,7 @@ def test_runtime_acts_without_torch(exports: dict[str, Path]) -> None:
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import numpy as np
-from policy.runtime import OnnxPolicy
+from dpstack.policy.runtime import OnnxPolicy
 policy = OnnxPolicy({str(exports["streaming"])!r}, seed=0)
 policy.reset()
 obs = {{"state": np.zeros(4, np.float32), "goal": np.ones(2, np.float32)}}
@@ -81,7 +81,7 @@ def test_truncated_or_missing_files_are_clear_errors(exports: dict[str, Path], t
 
 
 def test_eval_through_the_runtime(exports: dict[str, Path], tmp_path: Path) -> None:
-    from policy.evaluate import evaluate_exported
+    from dpstack.policy.evaluate import evaluate_exported
 
     record = evaluate_exported(exports["rti"], MAZE, episodes=2, seed=100000, out_dir=tmp_path / "eval", videos=0)
     assert record["backend"] == "onnx" and record["episodes"] == 2 and record["sampler"] == "rti-1,0"

@@ -10,9 +10,9 @@ import torch
 import zarr
 from safetensors.torch import load_file, save_file
 
+from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
-from policy.data.store import EpisodeStore
-from policy.normalizer import Normalizer
+from dpstack.policy.normalizer import Normalizer
 
 
 def test_minmax_maps_data_range_to_unit_interval(small_store: EpisodeStore) -> None:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
-from policy.denoisers.unet1d import ConditionalUnet1D
-from policy.samplers import SamplerConfig
-from policy.schedulers import NoiseSchedule
+from dpstack.planners.diffuser import PlanOptions
+from dpstack.planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
+from dpstack.policy.denoisers.unet1d import ConditionalUnet1D
+from dpstack.policy.schedulers import NoiseSchedule
 
 
 def _model(action_dim: int = 2, state_dim: int = 4, n_global_conditions: int = 0) -> TrajectoryDiffusion:
@@ -39,11 +39,22 @@ def test_inpaint_checks_shapes_and_training_loss_ignores_given_states() -> None:
     else:
         raise AssertionError("a wrong condition shape must be an error")
     model = _model()
-    trajectories = torch.randn(4, 16, 6, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    trajectories = torch.randn(4, 16, 6, generator=generator)
     conditions = {0: trajectories[:, 0, 2:]}
-    loss = model.loss(trajectories, conditions, torch.Generator().manual_seed(0))
+    noise, t = torch.randn(4, 16, 6, generator=generator), torch.full((4,), 10)
+
+    def loss_with(changed: tuple[int, slice]) -> torch.Tensor:
+        other = noise.clone()
+        other[:, changed[0], changed[1]] += 5.0  # a different target (epsilon) at these entries only
+        return model.loss(trajectories, conditions, noise=other, timesteps=t)
+
+    loss = model.loss(trajectories, conditions, noise=noise, timesteps=t)
     loss.backward()
     assert torch.isfinite(loss) and loss > 0
+    assert torch.equal(loss_with((0, slice(2, None))), loss)  # the given start state: not in the loss
+    assert not torch.allclose(loss_with((0, slice(0, 2))), loss)  # the start's action is predicted
+    assert not torch.allclose(loss_with((1, slice(2, None))), loss)  # so is every other state
 
 
 def test_value_guidance_raises_the_value_of_plans() -> None:
@@ -68,11 +79,11 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     """`dpstack train policy=diffuser`'s code path on a small maze store, then eval.json through evaluate_policy."""
     import json
 
-    from envs.registry import TaskConfig
-    from policy.checkpoint import load_policy
-    from policy.diffusion_policy import PolicyConfig
-    from policy.evaluate import evaluate_policy
-    from policy.train import train
+    from dpstack.methods import load_policy
+    from dpstack.policy.diffusion_policy import PolicyConfig
+    from dpstack.policy.evaluate import evaluate_policy
+    from dpstack.tasks import TaskConfig
+    from dpstack.train import train
     from tests.conftest import MAZE, train_config
 
     policy = PolicyConfig(
@@ -98,13 +109,13 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     assert (tmp_path / "plan.png").stat().st_size > 1000
     assert main(["export", f"checkpoint={tmp_path / 'run'}", f"out={tmp_path / 'onnx'}"]) == 2  # planners: not yet
     with pytest.raises(ValueError, match="needs a value net"):
-        planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=0.1))
+        planner.make_sampler(PlanOptions(guide_scale=0.1))
     with pytest.raises(ValueError, match="needs something to rank plans by"):
-        planner.make_sampler(SamplerConfig(name="ddpm", n_samples=4))
+        planner.make_sampler(PlanOptions(n_samples=4))
     # stop_at_goal: the same plan, cut at its first state within 0.3 of the goal, the goal at rest from there
     history = {"state": state.numpy()[:, None], "goal": goal.numpy()[:, None]}
-    whole = planner.session(planner.make_sampler(SamplerConfig(name="ddpm")), torch.Generator().manual_seed(5))
-    cut_sampler = planner.make_sampler(SamplerConfig(name="ddpm", stop_at_goal=0.3))
+    whole = planner.session(planner.make_sampler(PlanOptions()), torch.Generator().manual_seed(5))
+    cut_sampler = planner.make_sampler(PlanOptions(stop_at_goal=0.3))
     cut = planner.session(cut_sampler, torch.Generator().manual_seed(5))
     whole(history), cut(history)
     near = np.linalg.norm(whole.plan[0, :, :2] - goal.numpy()[0], axis=1) <= 0.3
@@ -113,12 +124,12 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     np.testing.assert_array_equal(cut.plan[0, :first], whole.plan[0, :first])
     np.testing.assert_array_equal(cut.plan[0, first:], np.tile([-0.5, -0.5, 0.0, 0.0], (64 - first, 1)))
     # n_samples without a value net: of the same 4 candidates, the one arriving first
-    from planners.diffuser import first_arrival
+    from dpstack.planners.diffuser import first_arrival
 
-    one = planner.make_sampler(SamplerConfig(name="ddpm", stop_at_goal=0.3))
+    one = planner.make_sampler(PlanOptions(stop_at_goal=0.3))
     candidates = planner.plan(state.repeat(4, 1), goal.repeat(4, 1), one, torch.Generator().manual_seed(7))["state"]
     arrivals = first_arrival(candidates[..., :2], goal.repeat(4, 1), 0.3)
-    best = planner.plan(state, goal, planner.make_sampler(SamplerConfig(name="ddpm", n_samples=4, stop_at_goal=0.3)),
+    best = planner.plan(state, goal, planner.make_sampler(PlanOptions(n_samples=4, stop_at_goal=0.3)),
                         torch.Generator().manual_seed(7))["state"]  # fmt: skip
     assert torch.allclose(best[0], candidates[int(arrivals.argmin())], atol=1e-5), arrivals
 
@@ -129,11 +140,11 @@ def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None
     import json
 
     from dpstack.config import load_config
-    from envs.collect import collect
-    from envs.registry import load_task_config
-    from policy.checkpoint import load_policy
-    from policy.evaluate import evaluate_policy
-    from policy.train import TrainConfig, train
+    from dpstack.envs.collect import collect
+    from dpstack.envs.registry import load_task_config
+    from dpstack.methods import load_policy
+    from dpstack.policy.evaluate import evaluate_policy
+    from dpstack.train import TrainConfig, train
 
     task = load_task_config("pointmaze-umaze-dense", ["max_steps=100"])
     collect(task, episodes=12, out=tmp_path / "dense.zarr", noise=0.3, progress=False)
@@ -173,5 +184,5 @@ def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None
     assert {"plan_ms_p50", "plans_per_episode", "mean_return"} <= set(
         json.loads((tmp_path / "eval" / "eval.json").read_text())
     )
-    unguided = planner.make_sampler(SamplerConfig(name="ddpm", guide_scale=0.0, n_samples=1, replan_every=0))
+    unguided = planner.make_sampler(PlanOptions(guide_scale=0.0, n_samples=1, replan_every=0))
     assert unguided.name == "diffuser-ddpm" and unguided.replan_every == 0

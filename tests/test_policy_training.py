@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from dpstack.envs.collect import collect
+from dpstack.envs.registry import load_task_config
 from dpstack.errors import ConfigError
-from envs.collect import collect
-from envs.registry import load_task_config
-from policy.checkpoint import CheckpointError, load_policy
-from policy.diffusion_policy import PolicyConfig
-from policy.evaluate import evaluate_policy, run_episodes
-from policy.samplers import make_sampler
-from policy.train import EpochSampler, ema_decay, lr_factor, train
+from dpstack.methods import load_policy
+from dpstack.policy.checkpoint import CheckpointError
+from dpstack.policy.diffusion_policy import PolicyConfig
+from dpstack.policy.evaluate import evaluate_policy, run_episodes
+from dpstack.policy.samplers import make_sampler
+from dpstack.train import EpochSampler, ema_decay, lr_factor, train
 from tests.conftest import MAZE
 from tests.conftest import train_config as _config
 

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
+from dpstack.data.robomimic import import_robomimic
 from dpstack.errors import StoreError
-from policy.data.robomimic import import_robomimic
 
 
 def _write_robomimic(path: Path, lengths: list[int], broken_demo: str | None = None) -> dict[str, dict]:

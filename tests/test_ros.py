@@ -32,7 +32,7 @@ from std_msgs.msg import Float32MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from ros.messages import (  # noqa: E402
+from dpstack.ros.messages import (  # noqa: E402
     COMMAND_QOS,
     SENSOR_QOS,
     MalformedMessage,
@@ -40,7 +40,7 @@ from ros.messages import (  # noqa: E402
     observation_topics,
     parse_mapping,
 )
-from ros.policy_node import PolicyNode, PolicyNodeConfig  # noqa: E402
+from dpstack.ros.policy_node import PolicyNode, PolicyNodeConfig  # noqa: E402
 from tests.conftest import MAZE  # noqa: E402
 
 DOMAIN_ID = 1 + os.getpid() % 100  # unique per test run; the closed loop uses DOMAIN_ID + 100
@@ -288,7 +288,7 @@ def test_diagnostics_report_latency_and_counters(robot_factory: Any, exports: di
 
 def test_closed_loop_in_separate_processes_matches_dpstack_eval(exports: dict[str, Path], tmp_path: Path) -> None:
     """`dpstack ros loop` in lockstep reproduces the episodes of the evaluator on the same seeds and noise."""
-    from policy.evaluate import evaluate_exported
+    from dpstack.policy.evaluate import evaluate_exported
 
     args = [
         f"model={exports['streaming']}",

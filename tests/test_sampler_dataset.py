@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from dpstack.data.dataset import SequenceDataset, discounted_returns
+from dpstack.data.sampler import SequenceSampler, split_episodes
+from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
-from policy.data.dataset import SequenceDataset, discounted_returns
-from policy.data.sampler import SequenceSampler, split_episodes
-from policy.data.store import EpisodeStore
 from tests.conftest import make_episode
 
 

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from envs.base import Feature
-from envs.registry import TaskConfig
-from policy.diffusion_policy import DiffusionPolicy, PolicyConfig
-from policy.evaluate import evaluate_policy
-from policy.normalizer import Normalizer
-from policy.samplers import SamplerConfig, StreamLayout, build_sampler
-from policy.samplers.rti import RTISampler, pick_start_timestep, shift_chunk, warm_start_gaps
-from policy.samplers.streaming import streaming_training_timesteps
-from policy.schedulers import NoiseSchedule, spaced_timesteps
+from dpstack.features import Feature
+from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from dpstack.policy.evaluate import evaluate_policy
+from dpstack.policy.normalizer import Normalizer
+from dpstack.policy.samplers import DDIMOptions, DDPMOptions, RTIOptions, SamplerWindow, StreamingOptions, StreamLayout
+from dpstack.policy.samplers.rti import RTISampler, pick_start_timestep, shift_chunk, warm_start_gaps
+from dpstack.policy.samplers.streaming import streaming_training_timesteps
+from dpstack.policy.schedulers import NoiseSchedule, spaced_timesteps
+from dpstack.tasks import TaskConfig
 
 SCHEDULE = NoiseSchedule(100)
 
@@ -25,7 +25,7 @@ def zero_target_denoiser(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -
 
 
 def streaming(chunk: int = 5, steps: int | None = None):
-    return build_sampler(SamplerConfig(name="streaming", num_inference_steps=steps), SCHEDULE, 16, 2, chunk)
+    return StreamingOptions(num_inference_steps=steps).build(SamplerWindow(SCHEDULE, 16, 2, chunk))
 
 
 def test_trailing_spacing_puts_chunk_boundaries_on_the_reference_levels() -> None:
@@ -98,8 +98,8 @@ def test_streaming_training_levels_rise_by_chunk_and_mix_with_constant() -> None
 
 
 def rti(timesteps=(2, 1, 0), discrete_dims=()) -> RTISampler:
-    cfg = SamplerConfig(name="rti", first="ddim", num_inference_steps=4, timesteps=list(timesteps))
-    return build_sampler(cfg, SCHEDULE, 16, 2, 8, discrete_dims)
+    cfg = RTIOptions(first="ddim", num_inference_steps=4, timesteps=list(timesteps))
+    return cfg.build(SamplerWindow(SCHEDULE, 16, 2, 8, discrete_dims))
 
 
 def test_rti_without_refinement_returns_the_shifted_warm_start() -> None:
@@ -156,10 +156,10 @@ def tiny_policy(**overrides) -> DiffusionPolicy:
 
 
 SAMPLER_CONFIGS = {
-    "ddpm": SamplerConfig(name="ddpm", num_inference_steps=10),
-    "ddim": SamplerConfig(name="ddim", num_inference_steps=4),
-    "streaming": SamplerConfig(name="streaming"),
-    "rti": SamplerConfig(name="rti", first="ddim", num_inference_steps=4),
+    "ddpm": DDPMOptions(num_inference_steps=10),
+    "ddim": DDIMOptions(num_inference_steps=4),
+    "streaming": StreamingOptions(),
+    "rti": RTIOptions(first="ddim", num_inference_steps=4),
 }
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from policy.samplers import ChunkSampler, make_sampler
-from policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
+from dpstack.policy.samplers import ChunkSampler, make_sampler
+from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
 
 
 def test_cosine_schedule_is_monotone_and_ends_near_zero() -> None:

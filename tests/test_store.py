@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import zarr
 
+from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
-from policy.data.store import EpisodeStore
 from tests.conftest import make_episode
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policy.data.store import EpisodeStore
+from dpstack.data.store import EpisodeStore
 from tests.conftest import make_episode
 from tests.store_writer import LENGTH
 

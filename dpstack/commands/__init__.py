@@ -13,8 +13,9 @@ def load_policy_and_sampler(
     `methods`: the policy methods the command supports; another is a clear error.
     """
     from dpstack.errors import ConfigError
-    from envs.registry import TaskConfig
-    from policy.checkpoint import CheckpointError, load_policy
+    from dpstack.methods import load_policy
+    from dpstack.policy.checkpoint import CheckpointError
+    from dpstack.tasks import TaskConfig
 
     policy = load_policy(checkpoint, device)
     if policy.cfg.method not in methods:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from envs.registry import TaskConfig
+from dpstack.tasks import TaskConfig
 
 CONFIG_NAME = "collect"
 
@@ -29,7 +29,7 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    from envs.collect import collect
+    from dpstack.envs.collect import collect
 
     summary = collect(
         cfg.task,

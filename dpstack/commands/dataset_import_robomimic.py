@@ -27,7 +27,7 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    from policy.data.robomimic import import_robomimic
+    from dpstack.data.robomimic import import_robomimic
 
     store = import_robomimic(cfg.source, cfg.out, cfg.obs_keys, chunk_bytes=cfg.chunk_bytes, progress=cfg.progress)
     print(json.dumps({"out": str(store.path), "episodes": store.n_episodes, "steps": store.n_steps}))

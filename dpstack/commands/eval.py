@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from policy.samplers import SamplerConfig
+from typing import Any
 
 CONFIG_NAME = "eval"
 
@@ -25,9 +24,11 @@ class Config:
     out: str = field(default="???", metadata={"help": "directory for eval.json and videos"})
     episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)"})
     seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)"})
-    sampler: SamplerConfig = field(
-        default_factory=SamplerConfig,
-        metadata={"help": "sampler=ddpm|ddim|streaming|rti (default: the policy's); options as sampler.<key>=..."},
+    sampler: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "sampler=ddpm|ddim|streaming|rti, plan for planners (default: the policy's); options as sampler.<key>=..."
+        },
     )
     backend: str = field(
         default="torch",
@@ -48,7 +49,7 @@ def run(cfg: Config) -> int:
 
     from dpstack.commands import load_policy_and_sampler
     from dpstack.errors import ConfigError
-    from policy.evaluate import evaluate_policy
+    from dpstack.policy.evaluate import evaluate_policy
 
     torch.set_num_threads(cfg.threads)
     if cfg.backend not in ("torch", "onnx"):
@@ -56,14 +57,6 @@ def run(cfg: Config) -> int:
     if cfg.backend == "onnx":
         return _run_onnx(cfg)
     policy, task, sampler = load_policy_and_sampler(cfg.checkpoint, cfg.sampler, cfg.device)
-    per_tick = policy.actions_per_tick(sampler)
-    available = sampler.chunk_length(policy.cfg.horizon) - (policy.cfg.n_obs_steps - 1)
-    if cfg.latency_steps < 0 or cfg.latency_steps + per_tick > available or cfg.latency_steps >= per_tick:
-        raise ConfigError(
-            f"latency_steps={cfg.latency_steps} does not fit sampler {sampler.name}: it executes {per_tick} actions "
-            f"per tick out of {available} it predicts, so latency_steps must be in [0, "
-            f"{min(per_tick - 1, available - per_tick)}]"
-        )
     seed = task.eval_seed if cfg.seed is None else cfg.seed
     record = evaluate_policy(
         policy,
@@ -82,10 +75,10 @@ def run(cfg: Config) -> int:
 
 
 def _run_onnx(cfg: Config) -> int:
-    import json
 
-    from envs.registry import TaskConfig
-    from policy.evaluate import evaluate_exported
+    from dpstack.policy.evaluate import evaluate_exported
+    from dpstack.policy.runtime import read_export_metadata
+    from dpstack.tasks import TaskConfig
 
     model_dir = Path(cfg.checkpoint)
     if not (model_dir / "policy.json").is_file():  # a training run: export it with the chosen sampler first
@@ -93,7 +86,7 @@ def _run_onnx(cfg: Config) -> int:
 
         model_dir = Path(cfg.out) / "onnx"
         export.run(export.Config(checkpoint=cfg.checkpoint, out=str(model_dir), sampler=cfg.sampler, check_ticks=0))
-    task = TaskConfig(**json.loads((model_dir / "policy.json").read_text())["task"])
+    task = TaskConfig(**read_export_metadata(model_dir)["task"])
     seed = task.eval_seed if cfg.seed is None else cfg.seed
     record = evaluate_exported(
         model_dir,

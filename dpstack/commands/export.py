@@ -10,8 +10,7 @@ dpstack version). Checks the export against PyTorch on random observations befor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
-from policy.samplers import SamplerConfig
+from typing import Any
 
 CONFIG_NAME = "export"
 
@@ -20,8 +19,8 @@ CONFIG_NAME = "export"
 class Config:
     checkpoint: str = field(default="???", metadata={"help": "training run dir or checkpoint dir"})
     out: str = field(default="???", metadata={"help": "directory for policy.onnx, policy.json, ..."})
-    sampler: SamplerConfig = field(
-        default_factory=SamplerConfig,
+    sampler: dict[str, Any] | None = field(
+        default=None,
         metadata={"help": "sampler=ddim|streaming|rti|ddpm (default: the policy's); options as sampler.<key>=..."},
     )
     opset: int = field(default=18, metadata={"help": "ONNX opset"})
@@ -36,8 +35,9 @@ def run(cfg: Config) -> int:
     import torch
 
     from dpstack.commands import load_policy_and_sampler
+    from dpstack.envs.registry import task_spec
     from dpstack.errors import ConfigError
-    from policy.export import export_policy, parity_check
+    from dpstack.policy.export import export_policy, parity_check
 
     policy, task, sampler = load_policy_and_sampler(cfg.checkpoint, cfg.sampler, methods=("diffusion_policy",))
     calls = max(sampler.nfe(None), sampler.nfe({}) if sampler.stateful else 0)
@@ -47,13 +47,12 @@ def run(cfg: Config) -> int:
             "export a few-step sampler (e.g. sampler=ddim, or sampler=rti sampler.first=ddim "
             "sampler.num_inference_steps=10) or raise max_calls"
         )
-    env = task.make_env()
-    try:
-        low, high, hz = np.asarray(env.action_low), np.asarray(env.action_high), float(env.control_hz)
-    finally:
-        env.close()
+    spec = task_spec(task)
+    low, high, hz = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32), spec.control_hz
     torch.set_num_threads(1)
-    meta = export_policy(policy, sampler, cfg.out, low, high, hz, asdict(task), asdict(cfg.sampler), cfg.opset)
+    meta = export_policy(
+        policy, sampler, cfg.out, low, high, hz, asdict(task), asdict(policy.sampler_options(cfg.sampler)), cfg.opset
+    )
     print(
         f"exported {task.name} policy with sampler {sampler.name} to {cfg.out} (weights {meta['weights_sha256'][:12]})"
     )

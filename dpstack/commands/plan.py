@@ -31,14 +31,14 @@ def run(cfg: Config) -> int:
     import torch
 
     from dpstack.commands import load_policy_and_sampler
+    from dpstack.envs.pointmaze_render import draw_plan
+    from dpstack.envs.registry import make_env
     from dpstack.errors import ConfigError
-    from envs.pointmaze_render import draw_plan
-    from policy.samplers import SamplerConfig
 
     torch.set_num_threads(cfg.threads)
-    sampler_cfg = SamplerConfig(num_inference_steps=cfg.num_inference_steps)
+    sampler_cfg = {"num_inference_steps": cfg.num_inference_steps}
     planner, task, sampler = load_policy_and_sampler(cfg.checkpoint, sampler_cfg, methods=("diffuser",))
-    env = task.make_env()
+    env = make_env(task)
     if not hasattr(env.sim, "maze"):
         raise ConfigError(f"dpstack plan draws maze tasks; {task.name} has no maze")
     seed = task.eval_seed if cfg.seed is None else cfg.seed

@@ -7,8 +7,8 @@ Runs on a private ROS_DOMAIN_ID, prints success and the policy node's tick laten
 
 from __future__ import annotations
 
-from ros.loop import LoopConfig as Config
-from ros.loop import run_loop
+from dpstack.ros.loop import LoopConfig as Config
+from dpstack.ros.loop import run_loop
 
 CONFIG_NAME = "ros_loop"
 POSITIONAL = ("model",)

@@ -9,8 +9,8 @@ lifecycle transitions (configure, activate) on ~/change_state.
 
 from __future__ import annotations
 
-from ros.policy_node import PolicyNodeConfig as Config
-from ros.policy_node import spin_policy_node
+from dpstack.ros.policy_node import PolicyNodeConfig as Config
+from dpstack.ros.policy_node import spin_policy_node
 
 CONFIG_NAME = "ros_policy"
 POSITIONAL = ("model",)

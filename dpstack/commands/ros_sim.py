@@ -8,8 +8,8 @@ faster than real time on /clock; 1 (default) runs on the wall clock like hardwar
 
 from __future__ import annotations
 
-from ros.sim_bridge import SimBridgeConfig as Config
-from ros.sim_bridge import spin_sim_bridge
+from dpstack.ros.sim_bridge import SimBridgeConfig as Config
+from dpstack.ros.sim_bridge import spin_sim_bridge
 
 CONFIG_NAME = "ros_sim"
 __all__ = ["CONFIG_NAME", "Config", "run"]

@@ -40,11 +40,10 @@ def run(cfg: Config) -> int:
     import numpy as np
     import torch
 
+    from dpstack.data.dataset import SequenceDataset
     from dpstack.errors import ConfigError
-    from policy.checkpoint import load_policy
-    from policy.data.dataset import SequenceDataset
-    from policy.samplers import SamplerConfig
-    from policy.samplers.rti import pick_start_timestep, warm_start_gaps
+    from dpstack.methods import load_policy
+    from dpstack.policy.samplers.rti import pick_start_timestep, warm_start_gaps
 
     torch.set_num_threads(cfg.threads)
     policy = load_policy(cfg.checkpoint).eval()
@@ -53,7 +52,7 @@ def run(cfg: Config) -> int:
             f"{cfg.checkpoint}: a {policy.cfg.method} checkpoint; RTI calibrates Diffusion Policy checkpoints"
         )
     to, shift = policy.cfg.n_obs_steps, cfg.actions_per_tick
-    sampler = policy.make_sampler(SamplerConfig(name="rti", first=cfg.first, actions_per_tick=shift))
+    sampler = policy.make_sampler({"name": "rti", "first": cfg.first, "actions_per_tick": shift})
     dataset = SequenceDataset(
         cfg.dataset, sorted(policy.obs_features), horizon=to + shift, n_obs_steps=to + shift, n_action_steps=1
     )

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 
-from policy.train import TrainConfig as Config
+from dpstack.train import TrainConfig as Config
 
 CONFIG_NAME = "train"
 __all__ = ["CONFIG_NAME", "Config", "run"]
 
 
 def run(cfg: Config) -> int:
-    from policy.train import train
+    from dpstack.train import train
 
     print(json.dumps(train(cfg), indent=2))
     return 0

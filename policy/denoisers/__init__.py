@@ -6,9 +6,9 @@
 let the streaming sampler keep a different noise level at each action position.
 """
 
-from policy.denoisers.mlp import MLPDenoiser
-from policy.denoisers.transformer import TransformerDenoiser
-from policy.denoisers.unet1d import ConditionalUnet1D
+from dpstack.policy.denoisers.mlp import MLPDenoiser
+from dpstack.policy.denoisers.transformer import TransformerDenoiser
+from dpstack.policy.denoisers.unet1d import ConditionalUnet1D
 
 DENOISERS = {"unet": ConditionalUnet1D, "transformer": TransformerDenoiser, "mlp": MLPDenoiser}
 

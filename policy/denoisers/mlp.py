@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from policy.denoisers.embeddings import SinusoidalEmbedding, check_denoiser_inputs
+from dpstack.policy.denoisers.embeddings import SinusoidalEmbedding, check_denoiser_inputs
 
 PRESETS = {"small": {"hidden": (512, 512, 512)}, "tiny": {"hidden": (64, 64)}}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from policy.denoisers.embeddings import SinusoidalEmbedding, check_denoiser_inputs
+from dpstack.policy.denoisers.embeddings import SinusoidalEmbedding, check_denoiser_inputs
 
 PRESETS = {
     "lowdim": {"n_layer": 8, "n_head": 4, "n_emb": 256},  # Diffusion Policy's low-dim Push-T config

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policy.denoisers.embeddings import check_denoiser_inputs, timestep_mlp
+from dpstack.policy.denoisers.embeddings import check_denoiser_inputs, timestep_mlp
 
 PRESETS = {
     # Diffusion Policy's low-dim config (65.8 M parameters with Push-T shapes)

@@ -20,8 +20,26 @@ evaluation, ONNX export and the ROS node.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from dpstack.policy.schedulers import NoiseSchedule
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SamplerState = dict[str, torch.Tensor] | None
+
+
+@dataclass(frozen=True)
+class SamplerWindow:
+    """What a sampler is laid out for: the policy's noise schedule and action window.
+
+    Each sampler's options dataclass (``DDPMOptions``, ``StreamingOptions``, ...) builds its sampler
+    with ``options.build(window)``.
+    """
+
+    schedule: NoiseSchedule
+    horizon: int
+    n_obs_steps: int
+    n_action_steps: int
+    discrete_dims: tuple[int, ...] = ()

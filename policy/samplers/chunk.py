@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from policy.samplers.base import Denoiser, SamplerState
-from policy.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
+from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
+
+_STEPS_HELP = "actions executed per tick (None: the policy's n_action_steps)"
 
 
 def reverse_steps(
@@ -72,3 +74,41 @@ class ChunkSampler:
         self, denoiser: Denoiser, cond: torch.Tensor, state: SamplerState, noise: torch.Tensor
     ) -> tuple[torch.Tensor, SamplerState]:
         return self.sample(denoiser, cond, noise), None
+
+
+def make_sampler(
+    name: str, schedule: NoiseSchedule, num_inference_steps: int | None = None, eta: float = 0.0
+) -> ChunkSampler:
+    """A chunk sampler: "ddpm" (all training levels by default) or "ddim" (10 steps by default)."""
+    if name == "ddpm":
+        return ChunkSampler(DDPMScheduler(schedule), num_inference_steps or schedule.num_train_timesteps)
+    if name == "ddim":
+        return ChunkSampler(DDIMScheduler(schedule, eta=eta), num_inference_steps or 10)
+    raise ValueError(f"unknown chunk sampler {name!r}; choose ddpm or ddim")
+
+
+@dataclass
+class DDPMOptions:
+    """`sampler=ddpm`: full ancestral DDPM over every training level (Diffusion Policy's default)."""
+
+    name: str = "ddpm"
+    num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: every training level)"})
+    actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP})
+
+    def build(self, window: SamplerWindow) -> ChunkSampler:
+        sampler = make_sampler("ddpm", window.schedule, self.num_inference_steps)
+        return ChunkSampler(sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick)
+
+
+@dataclass
+class DDIMOptions:
+    """`sampler=ddim`: DDIM (Song et al. 2021) over a few levels; deterministic with eta 0."""
+
+    name: str = "ddim"
+    num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: 10)"})
+    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)"})
+    actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP})
+
+    def build(self, window: SamplerWindow) -> ChunkSampler:
+        sampler = make_sampler("ddim", window.schedule, self.num_inference_steps, self.eta)
+        return ChunkSampler(sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick)

@@ -4,20 +4,20 @@ The first tick of an episode runs a full sampler (DDPM-100 by default). Every la
 previous clean chunk, shifts it by the actions executed since (the last action repeated at the end),
 noises it to the first of a short descending list of timesteps (e.g. 2, 1, 0) with the forward process,
 and runs only those reverse steps. Discrete action dimensions (a gripper) are scaled down in the warm
-start (x 0.1) so a few steps can still flip them. `calibrate_start_timestep` picks the starting
-timestep offline (see its docstring).
+start (x 0.1) so a few steps can still flip them. `pick_start_timestep` (run by `dpstack rti calibrate`)
+picks the starting timestep offline from a dataset.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from policy.samplers.base import Denoiser, SamplerState
-from policy.samplers.chunk import ChunkSampler, reverse_steps
-from policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
+from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
+from dpstack.policy.samplers.chunk import ChunkSampler, make_sampler, reverse_steps
+from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
 
 
 def shift_chunk(chunk: torch.Tensor, steps: int) -> torch.Tensor:
@@ -118,3 +118,25 @@ def pick_start_timestep(gaps: torch.Tensor, threshold: float = 1.0) -> int:
     """The smallest timestep whose gap is below `threshold` (gaps fall as k grows)."""
     below = torch.nonzero(gaps <= threshold).flatten()
     return int(below[0]) if len(below) else len(gaps) - 1
+
+
+@dataclass
+class RTIOptions:
+    """`sampler=rti`: Real-Time Iteration warm start (training-free; any checkpoint)."""
+
+    name: str = "rti"
+    first: str = field(default="ddpm", metadata={"help": "sampler of an episode's first tick (ddpm | ddim)"})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "levels of the first tick's sampler"})
+    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity of the first tick (first=ddim)"})
+    timesteps: list[int] = field(default_factory=lambda: [2, 1, 0], metadata={"help": "refinement timesteps"})
+    actions_per_tick: int = field(default=1, metadata={"help": "actions executed per tick"})
+    discrete_dims: list[int] | None = field(
+        default=None, metadata={"help": "discrete action dims scaled in the warm start (None: the task's)"}
+    )
+    discrete_scale: float = field(default=0.1, metadata={"help": "scale of discrete dims in the warm start"})
+
+    def build(self, window: SamplerWindow) -> RTISampler:
+        dims = tuple(window.discrete_dims if self.discrete_dims is None else self.discrete_dims)
+        first = make_sampler(self.first, window.schedule, self.num_inference_steps, self.eta)
+        scheduler = DDPMScheduler(window.schedule)
+        return RTISampler(first, scheduler, tuple(self.timesteps), self.actions_per_tick, dims, self.discrete_scale)

@@ -21,14 +21,14 @@ prefix at 0 (clean); otherwise one constant level over the window (standard Diff
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from policy.samplers.base import Denoiser, SamplerState
-from policy.samplers.chunk import ChunkSampler
-from policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule, spaced_timesteps
+from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
+from dpstack.policy.samplers.chunk import ChunkSampler
+from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule, spaced_timesteps
 
 
 @dataclass(frozen=True)
@@ -187,3 +187,20 @@ class StreamingSampler:
             stepped = self.scheduler.step(denoiser(x, t, cond), t, prev, x, noise[i + 1]).prev_sample
             x = torch.where(clean, x, stepped)
         return x
+
+
+@dataclass
+class StreamingOptions:
+    """`sampler=streaming`: Streaming Diffusion Policy (needs a policy trained with noise_mode=streaming)."""
+
+    name: str = "streaming"
+    num_inference_steps: int | None = field(
+        default=None,
+        metadata={"help": "DDIM levels, a multiple of the chunk count (None: one call per executed action)"},
+    )
+    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)"})
+
+    def build(self, window: SamplerWindow) -> StreamingSampler:
+        layout = StreamLayout(window.horizon, window.n_obs_steps - 1, window.n_action_steps)
+        steps = self.num_inference_steps or layout.n_chunks * window.n_action_steps
+        return StreamingSampler(DDIMScheduler(window.schedule, eta=self.eta), layout, steps)

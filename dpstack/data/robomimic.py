@@ -18,8 +18,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from dpstack.data.store import DEFAULT_CHUNK_BYTES, EpisodeStore
 from dpstack.errors import StoreError
-from policy.data.store import DEFAULT_CHUNK_BYTES, EpisodeStore
 
 _DEMO = re.compile(r"^demo_(\d+)$")
 

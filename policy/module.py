@@ -1,35 +1,24 @@
-"""The methods a policy config can name (`policy.method`): what `dpstack train` builds and checkpoints rebuild.
+"""`PolicyModule`: the base every method (Diffusion Policy, the Diffuser planner) builds on.
 
 Each method is a `PolicyModule` built as Method(cfg, obs_features, action_feature, normalizer) that
 offers `data_timing()` and `compute_loss(batch)` for training, and `make_sampler`, `session` and
-`predict_action_chunk` for acting; `PolicyModule` adds the rest of the policy interface (`reset`,
-`select_action`) and the checkpoint metadata. Adding a method costs one module and one line here.
+`predict_action_chunk` for acting; this base adds the rest of the policy interface (`reset`,
+`select_action`) and the checkpoint metadata. The registry of methods is `dpstack.methods`.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from envs.base import Feature
-from policy.execution import RecedingHorizon
-
-METHODS = {
-    "diffusion_policy": "policy.diffusion_policy:DiffusionPolicy",
-    "diffuser": "planners.diffuser:DiffuserPlanner",
-}
-
-
-def build_policy(cfg: Any, obs_features: Mapping[str, Feature], action_feature: Feature, normalizer: Any = None) -> Any:
-    """The module of `cfg.method` for these features (normalizer None: filled by load_state_dict)."""
-    module, name = METHODS[cfg.method].split(":")
-    return getattr(importlib.import_module(module), name)(cfg, obs_features, action_feature, normalizer)
+from dpstack.config import to_schema
+from dpstack.features import Feature
+from dpstack.policy.execution import RecedingHorizon
 
 
 class PolicyModule(nn.Module):
@@ -42,6 +31,30 @@ class PolicyModule(nn.Module):
     cfg: Any
     obs_features: dict[str, Feature]
     action_feature: Feature
+    SAMPLERS: ClassVar[Mapping[str, type]]  # the options dataclass of each sampler this method acts with
+
+    def default_sampler_options(self) -> dict[str, Any]:
+        """The sampler (name and options) this method acts with when none is named."""
+        raise NotImplementedError
+
+    def sampler_options(self, options: Any = None) -> Any:
+        """Typed options of one of this method's samplers (`SAMPLERS`).
+
+        `options`: typed options; a mapping {"name": ..., key: value} (validated: an unknown key or
+        sampler is an error naming the valid ones; without a name, the method's default sampler with
+        these keys set); a sampler name; or None (the method's default sampler).
+        """
+        if options is not None and not isinstance(options, str | Mapping):
+            if type(options) not in self.SAMPLERS.values():
+                raise ValueError(f"{self.cfg.method} cannot act with {type(options).__name__}")
+            return options
+        values = {"name": options} if isinstance(options, str) else dict(options or {})
+        if not values.get("name"):
+            values = {**self.default_sampler_options(), **{k: v for k, v in values.items() if v is not None}}
+        name = values["name"]
+        if name not in self.SAMPLERS:
+            raise ValueError(f"{self.cfg.method} acts with sampler {' | '.join(self.SAMPLERS)}, got {name!r}")
+        return to_schema(self.SAMPLERS[name], values, f"sampler {name}")
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +83,7 @@ class PolicyModule(nn.Module):
         return torch.as_tensor(self._runner.select_action(numpy_obs))
 
     def config_dict(self) -> dict[str, Any]:
-        """What config.json records to rebuild the module (see policy.checkpoint.load_policy)."""
+        """What config.json records to rebuild the module (see dpstack.methods.load_policy)."""
         return {
             "policy": asdict(self.cfg),
             "obs_features": {k: asdict(f) for k, f in self.obs_features.items()},

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dpstack.data.sampler import SequenceSampler, Window
+from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
-from policy.data.sampler import SequenceSampler, Window
-from policy.data.store import EpisodeStore
 
 DEFAULT_RAM_BUDGET = 4 << 30
 
@@ -62,11 +62,11 @@ class SequenceDataset(Dataset):
         path: episode store directory (or .zip).
         obs_keys: observation keys to return (only the first `n_obs_steps` steps of each window).
         action_key: key of the actions (all `horizon` steps).
-        horizon, n_obs_steps, n_action_steps: window timing, see `policy.data.sampler`.
+        horizon, n_obs_steps, n_action_steps: window timing, see `dpstack.data.sampler`.
         episodes: episode indices to use (e.g. the train part of `split_episodes`); default all.
         ram_budget_bytes: keys are loaded into RAM while their total size stays under this.
         cache_chunks: decoded chunks kept per lazily read key and per process.
-        padding: let windows overhang episode edges (see `policy.data.sampler`); False keeps every
+        padding: let windows overhang episode edges (see `dpstack.data.sampler`); False keeps every
             window inside its episode (a trajectory planner learns whole motions, not held frames).
         returns_discount: when set, each item also holds "return": the discounted return-to-go of
             `reward_key` from the window's first step to the end of its episode (Diffuser's value target).

@@ -25,15 +25,16 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from dpstack.errors import ConfigError
-from envs.registry import TaskConfig
-from policy.checkpoint import read_json, read_tensors, resolve_checkpoint, save_policy
-from policy.data.dataset import SequenceDataset
-from policy.data.sampler import split_episodes
-from policy.data.store import EpisodeStore
-from policy.diffusion_policy import PolicyConfig
-from policy.methods import build_policy
-from policy.normalizer import Normalizer
+from dpstack.data.dataset import SequenceDataset
+from dpstack.data.sampler import split_episodes
+from dpstack.data.store import EpisodeStore
+from dpstack.envs.registry import task_spec
+from dpstack.errors import ConfigError, StoreError
+from dpstack.methods import build_policy
+from dpstack.policy.checkpoint import read_json, read_tensors, resolve_checkpoint, save_policy
+from dpstack.policy.diffusion_policy import PolicyConfig
+from dpstack.policy.normalizer import Normalizer
+from dpstack.tasks import TaskConfig
 
 
 @dataclass
@@ -189,7 +190,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from policy.evaluate import evaluate_policy
+    from dpstack.policy.evaluate import evaluate_policy
 
     out = Path(cfg.out)
     latest = out / "checkpoints" / "latest"
@@ -201,10 +202,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = _device(cfg.device)
 
     # data: the task declares the observation keys; episodes are split once, by seed
-    env = cfg.task.make_env()
-    obs_features, action_feature = env.features, env.action_feature
-    env.close()
+    spec = task_spec(cfg.task)
+    obs_features, action_feature = spec.features, spec.action_feature
     store = EpisodeStore.open(cfg.dataset)
+    problems = store.mismatches(spec)
+    if problems:
+        raise StoreError(f"{store.path}: does not fit task {spec.name}: " + "; ".join(problems))
     train_eps, val_eps = split_episodes(store.n_episodes, cfg.val_ratio, cfg.seed)
     normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in obs_features.items()}})
     try:

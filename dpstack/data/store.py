@@ -27,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from dpstack.errors import StoreError
+from dpstack.tasks import TaskSpec
 
 FORMAT_VERSION = 1
 DEFAULT_CHUNK_BYTES = 1 << 20  # ~1 MiB per chunk: ~37 frames of 96x96x3 images, ~50k rows of 5 floats
@@ -258,6 +259,20 @@ class EpisodeStore:
             },
             "attrs": {k: v for k, v in self._root.attrs.asdict().items() if k != _ATTR},
         }
+
+    def mismatches(self, spec: TaskSpec) -> list[str]:
+        """What keeps this store from serving `spec`'s task: missing keys, wrong per-step shapes or dtypes."""
+        problems = []
+        for key, feature in {**spec.features, "action": spec.action_feature}.items():
+            if key not in self.keys:
+                problems.append(f"key '{key}' missing (task {spec.name} observes {sorted(spec.features)})")
+            elif self.row_shape(key) != tuple(feature.shape):
+                problems.append(
+                    f"key '{key}' has per-step shape {self.row_shape(key)}, task {spec.name} expects {feature.shape}"
+                )
+            elif self.dtype(key) != np.dtype(feature.dtype):
+                problems.append(f"key '{key}' has dtype {self.dtype(key)}, task {spec.name} expects {feature.dtype}")
+        return problems
 
     def verify(self) -> None:
         """Decode every committed chunk of every key and check floats are finite (raises StoreError)."""
