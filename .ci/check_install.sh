@@ -14,6 +14,10 @@ fixtures="$repo/tests/fixtures/v0_1"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 start=$SECONDS
 
+pip_install() {  # pip install into venv $1, without this machine's warnings about its absent local indexes
+  "$1/bin/pip" install --quiet "${@:2}" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}  # with pipefail, pip's own failure is the function's
+
 "$repo/.venv/bin/python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$work/dist" "$repo"
 wheel=$(ls "$work"/dist/dpstack-*.whl)
 echo "built $(basename "$wheel"): $(unzip -l "$wheel" | grep -c 'dpstack/configs/.*\.yaml') config files inside"
@@ -25,14 +29,16 @@ fi
 cd "$work"  # outside the checkout: nothing can be imported from the source tree
 echo "== runtime profile"
 "$python" -m venv "$work/runtime"
-"$work/runtime/bin/pip" install --quiet "${wheel}[runtime]"
+pip_install "$work/runtime" "${wheel}[runtime]"
+echo "runtime profile installed at $((SECONDS - start)) s: $("$work/runtime/bin/pip" list 2>/dev/null | wc -l) packages"
 "$work/runtime/bin/dpstack" --help >/dev/null
 "$work/runtime/bin/python" "$repo/scripts/check_runtime.py" "$fixtures/export" "$fixtures/expected.json"
 
 echo "== full profile"
 "$python" -m venv "$work/full"
-"$work/full/bin/pip" install --quiet torch==2.13.0
-"$work/full/bin/pip" install --quiet "${wheel}[full]"
+pip_install "$work/full" torch==2.13.0
+pip_install "$work/full" "${wheel}[full]"
+echo "full profile installed at $((SECONDS - start)) s"
 "$work/full/bin/python" -c "import dpstack, sys; assert 'site-packages' in dpstack.__file__, dpstack.__file__"
 "$work/full/bin/dpstack" --help >/dev/null
 "$work/full/bin/dpstack" dataset info "$fixtures/store.zarr" > info.json

@@ -24,7 +24,7 @@ import onnxruntime
 import torch
 
 from benchmarks.report import write_results
-from dpstack.envs.registry import make_env
+from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import evaluate_exported
 from dpstack.policy.export import export_policy, parity_check
@@ -99,11 +99,10 @@ def main() -> None:
         task = TaskConfig(**policy.checkpoint_config["task"])
         sampler = policy.make_sampler(sampler_cfg)
         model_dir = args.out / f"{task.name}-{sampler.name}"
-        env = make_env(task)
+        spec = task_spec(task)
         t0 = time.perf_counter()
-        export_policy(policy, sampler, model_dir, env.action_low, env.action_high, env.control_hz, vars(task))
+        export_policy(policy, sampler, model_dir, spec.action_low, spec.action_high, spec.control_hz, vars(task))
         export_s = time.perf_counter() - t0
-        env.close()
         parity = parity_check(policy, sampler, model_dir, ticks=60, batch=1)
         runtime = OnnxPolicy(model_dir, threads=1)
         row: dict[str, Any] = {

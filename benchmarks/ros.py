@@ -16,7 +16,6 @@ Two parts, each written as JSON + a markdown table under benchmarks/results/:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import write_results
+from dpstack.policy.runtime import read_export_metadata
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,7 +48,7 @@ def bench_loop(model: Path, episodes: int, out: Path) -> list[dict[str, Any]]:
     from dpstack.ros.loop import LoopConfig, run_loop
     from dpstack.tasks import TaskConfig
 
-    meta = json.loads((model / "policy.json").read_text())
+    meta = read_export_metadata(model)
     task = TaskConfig(**meta["task"])
     seed = task.eval_seed
     runs: dict[str, dict[str, Any]] = {}
@@ -102,7 +102,7 @@ def bench_stress(model: Path, flood_hz: float, flood_s: float, dropout_s: float,
     from dpstack.ros.messages import COMMAND_QOS, SENSOR_QOS, observation_topics
     from dpstack.tasks import TaskConfig
 
-    meta = json.loads((model / "policy.json").read_text())
+    meta = read_export_metadata(model)
     rate = float(meta["control_hz"])
     low, high = np.asarray(meta["action"]["low"]), np.asarray(meta["action"]["high"])
     watchdog = 0.5
@@ -245,7 +245,7 @@ def main() -> None:
         )
     meta = {
         "model": str(args.model),
-        "sampler": json.loads((args.model / "policy.json").read_text())["sampler"]["name"],
+        "sampler": read_export_metadata(args.model)["sampler"]["name"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
     if args.part in ("loop", "all"):

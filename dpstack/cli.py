@@ -47,6 +47,32 @@ COMMANDS = [
 ]
 
 
+# Packages of the install profiles (pyproject.toml): a command that needs one the install lacks says which
+# profile brings it instead of ending in a traceback.
+_RUNTIME_PACKAGES = {"onnxruntime", "rclpy", "std_msgs", "sensor_msgs", "diagnostic_msgs", "lifecycle_msgs"}
+_FULL_PACKAGES = {
+    "torch", "zarr", "gymnasium", "gymnasium_robotics", "gym_pusht", "mujoco", "robosuite", "safetensors",
+    "onnx", "onnxscript", "h5py", "tqdm", "imageio", "matplotlib", "tensorboard",
+}  # fmt: skip
+
+
+def _missing_dependency(exc: ModuleNotFoundError, command: Command) -> str | None:
+    """One line for a command whose dependency this install lacks, or None for any other import error."""
+    name = (exc.name or "").split(".")[0]
+    if name == "torch":
+        return (
+            f"'dpstack {' '.join(command.words)}' needs PyTorch, which this install lacks: install torch, then "
+            "dpstack[full] (see the README's Install section)"
+        )
+    for profile, packages in (("runtime", _RUNTIME_PACKAGES), ("full", _FULL_PACKAGES)):
+        if name in packages:
+            return (
+                f"'dpstack {' '.join(command.words)}' needs {name}, which this install lacks: "
+                f"pip install 'dpstack[{profile}]' (see the README's Install section)"
+            )
+    return None
+
+
 def _usage(prefix: tuple[str, ...] = ()) -> str:
     matching = [c for c in COMMANDS if c.words[: len(prefix)] == prefix]
     width = max(len(" ".join(c.words)) for c in matching)
@@ -112,7 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(f"\nerror: unknown command 'dpstack {' '.join(argv[: len(prefix) + 1])}'", file=sys.stderr)
         return 2
-    module = importlib.import_module(command.module)
+    try:
+        module = importlib.import_module(command.module)
+    except ModuleNotFoundError as exc:
+        message = _missing_dependency(exc, command)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     if wants_help:
         print(_help(command, module))
         return 0
@@ -141,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("DPSTACK_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        message = _missing_dependency(exc, command)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

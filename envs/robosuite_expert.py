@@ -1,4 +1,4 @@
-"""Scripted demonstrators for robosuite Lift and PickPlaceCan (`envs.robosuite_tasks.RobosuiteEnv`).
+"""Scripted demonstrators for robosuite Lift and PickPlaceCan (`dpstack.envs.robosuite_tasks.RobosuiteEnv`).
 
 Both are phase machines over Cartesian waypoints computed from the simulator's object pose (read only).
 A reference point moves toward the current waypoint with a trapezoidal speed profile and the OSC delta

@@ -3,7 +3,7 @@
 `DiffuserPlanner` is trained like a policy (`dpstack train policy=diffuser ...`) on the same episode
 stores: windows of `horizon` steps of [action, state] (`state_key`) that stay inside their episode,
 conditioned by inpainting the window's first state and, for goal reaching (`condition_goal`), its last.
-With `value_discount` > 0 a value network (`planners.value`) is trained beside it on noised windows to
+With `value_discount` > 0 a value network (`dpstack.planners.value`) is trained beside it on noised windows to
 predict the discounted return-to-go of the store's reward.
 
 Acting, two modes:

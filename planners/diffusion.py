@@ -6,7 +6,7 @@ goal-reaching also the goal at H - 1): `inpaint` overwrites them after the initi
 reverse step and, in training, in the noised input (those entries are left out of the loss, so the
 network never learns to denoise what is given).
 
-The noise schedule and the reverse step are the project's (`policy.schedulers`), so the planner and
+The noise schedule and the reverse step are the project's (`dpstack.policy.schedulers`), so the planner and
 the policies share one set of diffusion math. Value guidance (Diffuser section 3.3) is an optional
 `guide`: a differentiable value of the noisy trajectory x_t whose gradient, scaled by the step's
 posterior variance, moves x_t before each reverse step (`n_guide_steps` times, none below `t_stopgrad`).

@@ -4,7 +4,7 @@ The network is the down path of the temporal U-Net (FiLM residual blocks, stride
 over time and read out by an MLP. It is trained on trajectories noised to random diffusion levels,
 with the same inpainted conditions as the diffusion model, to regress the discounted return-to-go of
 the window's first step (scaled by 1 - discount so values stay O(1)). Its gradient guides sampling
-(`planners.diffusion.TrajectoryDiffusion.sample(guide=...)`) and its value at t = 0 ranks finished plans.
+(`dpstack.planners.diffusion.TrajectoryDiffusion.sample(guide=...)`) and its value at t = 0 ranks finished plans.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A lifecycle node (`dpstack ros policy model=<export dir>`):
 
 - configure: loads the ONNX model with the PyTorch-free runtime, checks its metadata against the
   parameters (topics, joint names, rate, latency), and subscribes to one topic per observation key
-  (sensor-data QoS; see `ros.messages` for the message kinds);
+  (sensor-data QoS; see `dpstack.ros.messages` for the message kinds);
 - activate: starts the control timer at the model's rate; deactivate stops it and publishes nothing.
 
 Every control tick takes the newest message of each key into the observation history and publishes
@@ -12,7 +12,7 @@ the action planned for that tick (std_msgs/Float32MultiArray on `action`, and a 
 trajectory_msgs/JointTrajectory when `joint_names` is set), clamped to the model's action limits.
 Inference runs on a worker thread: the timer only hands it a snapshot of the history when
 `latency_steps` actions are left, so a slow inference never delays the publishing of actions already
-computed. Chunks merge with `policy.execution.ActionSchedule` (time-indexed, newest wins), as in the
+computed. Chunks merge with `dpstack.policy.execution.ActionSchedule` (time-indexed, newest wins), as in the
 evaluator. An action that is not ready when the next tick starts is a deadline miss.
 
 Safety: nothing is published while the node is inactive or disabled (`enabled` parameter or the

@@ -1,7 +1,7 @@
 """The simulator bridge: a dpstack task playing the robot on ROS 2 (`dpstack ros sim task=<name>`).
 
 It steps the task's env at the task's control rate, publishes every observation key on the topic and
-message kind the policy node reads (`ros.messages`, sensor-data QoS), and applies the newest action
+message kind the policy node reads (`dpstack.ros.messages`, sensor-data QoS), and applies the newest action
 received on `action` at the next step (the robot holds still until the first action of an episode).
 `~/reset` (std_srvs/Trigger) starts an episode on the next seed; each finished episode is published
 as JSON (seed, success, score, steps, ...) on `~/episode`.

@@ -2,7 +2,8 @@
 
 usage: python check_runtime.py <export dir> <expected.json>   (run from outside the checkout)
 
-1. `import torch` and every simulator must fail: the profile does not install them.
+1. `import torch` and every simulator must fail: the profile does not install them; a command that
+   needs them (`dpstack train`) says which profile to install.
 2. `OnnxPolicy` loads the export and reproduces the actions recorded in expected.json (`onnx_seed0`).
 3. `dpstack ros policy <export>` runs as a real ROS 2 node (Fast DDS, loopback) and answers the
    observations this script publishes with actions on its `action` topic.
@@ -35,7 +36,13 @@ def check_absent() -> None:
         except ImportError:
             continue
         fail("absent packages", f"`import {name}` works; the runtime profile must not install it")
-    print("runtime: torch and the simulators are absent")
+    dpstack = Path(sys.executable).with_name("dpstack")
+    result = subprocess.run([str(dpstack), "train", "--help"], capture_output=True, text=True, timeout=60)
+    if result.returncode != 2 or "needs PyTorch" not in result.stderr:
+        fail(
+            "dpstack train", f"expected one line naming the missing torch, got rc {result.returncode}: {result.stderr}"
+        )
+    print("runtime: torch and the simulators are absent; `dpstack train` says so:", result.stderr.strip())
 
 
 def check_onnx_policy(export: Path, expected: dict) -> None:

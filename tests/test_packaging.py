@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,38 @@ def test_v0_1_export_runs_in_the_runtime_as_it_did() -> None:
     obs = {k: np.asarray(v, np.float32) for k, v in expected["observation"].items()}
     actions = [runtime.act(obs) for _ in expected["onnx_seed0"]]
     np.testing.assert_allclose(actions, expected["onnx_seed0"], atol=1e-5)
+
+
+LINT_IMPORTS = [str(Path(sys.executable).with_name("lint-imports")), str(REPO / "pyproject.toml")]
+
+
+@pytest.fixture(scope="module")
+def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A plain (not editable) install of the tree, the layout the contracts speak of; its lint passes."""
+    layout = tmp_path_factory.mktemp("layout")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(layout), str(REPO)], check=True, capture_output=True, timeout=300)
+    clean = subprocess.run(LINT_IMPORTS, cwd=layout, capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    return layout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("policy/module.py", "from dpstack.planners import diffuser", "dpstack.policy is not allowed to import dpstack.planners"),
+        ("envs/base.py", "from dpstack.policy import schedulers", "dpstack.envs is not allowed to import dpstack.policy"),
+        ("ros/loop.py", "from dpstack.cli import main", "dpstack.ros is not allowed to import dpstack.cli"),
+        ("policy/runtime.py", "import torch", "dpstack.policy.runtime is not allowed to import torch"),
+    ],
+)  # fmt: skip
+def test_lint_imports_fails_when_a_wrong_arrow_comes_back(
+    module: str, line: str, broken: str, installed_layout: Path, tmp_path: Path
+) -> None:
+    """The contracts in pyproject.toml, run on a copy of the installed tree with one bad import added."""
+    layout = tmp_path / "layout"
+    shutil.copytree(installed_layout, layout)
+    target = layout / "dpstack" / module
+    target.write_text(target.read_text() + f"\n{line}  # reintroduced by the test\n")
+    result = subprocess.run(LINT_IMPORTS, cwd=layout, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and broken in result.stdout, result.stdout[-2000:]

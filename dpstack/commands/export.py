@@ -31,7 +31,6 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    import numpy as np
     import torch
 
     from dpstack.commands import load_policy_and_sampler
@@ -48,10 +47,10 @@ def run(cfg: Config) -> int:
             "sampler.num_inference_steps=10) or raise max_calls"
         )
     spec = task_spec(task)
-    low, high, hz = np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32), spec.control_hz
     torch.set_num_threads(1)
+    options = asdict(policy.sampler_options(cfg.sampler))
     meta = export_policy(
-        policy, sampler, cfg.out, low, high, hz, asdict(task), asdict(policy.sampler_options(cfg.sampler)), cfg.opset
+        policy, sampler, cfg.out, spec.action_low, spec.action_high, spec.control_hz, asdict(task), options, cfg.opset
     )
     print(
         f"exported {task.name} policy with sampler {sampler.name} to {cfg.out} (weights {meta['weights_sha256'][:12]})"

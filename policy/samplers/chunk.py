@@ -41,7 +41,7 @@ class ChunkSampler:
     scheduler: DDPMScheduler | DDIMScheduler
     num_inference_steps: int
     actions_per_tick: int | None = None
-    spacing: str = "leading"  # of the inference timesteps, see `policy.schedulers.spaced_timesteps`
+    spacing: str = "leading"  # of the inference timesteps, see `dpstack.policy.schedulers.spaced_timesteps`
 
     stateful: ClassVar[bool] = False  # carries state between ticks (its first tick differs)
 
