@@ -139,13 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nerror: unknown command 'dpstack {' '.join(argv[: len(prefix) + 1])}'", file=sys.stderr)
         return 2
     try:
-        module = importlib.import_module(command.module)
+        return _run(command, rest, wants_help)
     except ModuleNotFoundError as exc:
         message = _missing_dependency(exc, command)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _run(command: Command, rest: list[str], wants_help: bool) -> int:
+    """`dpstack <command> [args]` (or its --help): parse, validate and run the command's module."""
+    module = importlib.import_module(command.module)
     if wants_help:
         print(_help(command, module))
         return 0
@@ -174,12 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("DPSTACK_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:
-        message = _missing_dependency(exc, command)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -53,8 +53,15 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
     """
     where = f"'{command or config_name}'"
     group = config_name.rpartition("/")[0].replace("/", ".")
+    # A mapping-typed key (e.g. `sampler`) is validated later by whoever reads it (a sampler's own options),
+    # so its sub-keys may be set or added freely here: `sampler.eta=0.5` -> `++sampler.eta=0.5`.
+    free = {f.name for f in dataclasses.fields(schema) if "dict[" in str(f.type)}
+    overrides = [
+        ("++" if o.split(".")[0] in free and "." in o.split("=")[0] else "") + (f"{group}.{o}" if group else o)
+        for o in overrides
+    ]
     try:
-        raw = compose_raw(config_name, [f"{group}.{o}" if group else o for o in overrides])
+        raw = compose_raw(config_name, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _config_error(exc, schema, where) from None
     return to_schema(schema, OmegaConf.select(raw, group) if group else raw, where)

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dpstack.data.store import EpisodeStore
-from dpstack.envs.registry import make_env, make_expert
+from dpstack.envs.registry import make_env, make_expert, task_spec
 from dpstack.errors import StoreError
 from dpstack.tasks import TaskConfig
 
@@ -125,6 +125,7 @@ def collect(
     """
     if episodes < 1 or workers < 1:
         raise ValueError(f"episodes and workers must be >= 1, got {episodes} and {workers}")
+    task_spec(task)  # bad env arguments fail here, in one line, before any worker or store exists
     out = Path(out)
     store = EpisodeStore.open(out, mode="a") if out.exists() else EpisodeStore.create(out)
     settings = {
