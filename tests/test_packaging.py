@@ -131,6 +131,7 @@ def installed_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("envs/base.py", "from dpstack.policy import schedulers", "dpstack.envs is not allowed to import dpstack.policy"),
         ("ros/loop.py", "from dpstack.cli import main", "dpstack.ros is not allowed to import dpstack.cli"),
         ("policy/runtime.py", "import torch", "dpstack.policy.runtime is not allowed to import torch"),
+        ("policy/schedulers.py", "from dpstack.policy import samplers", "- .schedulers -> .samplers (1 import)"),
     ],
 )  # fmt: skip
 def test_lint_imports_fails_when_a_wrong_arrow_comes_back(
