@@ -52,8 +52,8 @@ def test_dataset_info_checks_the_store_against_a_task_spec(small_store: EpisodeS
     task = json.loads(result.stdout)["task"]
     assert task["name"] == "pointmaze-umaze" and task["matches"] is False
     assert task["problems"] == [
+        "missing key(s) ['goal'] (task pointmaze-umaze needs ['action', 'goal', 'state'])",
         "key 'state' has per-step shape (3,), task pointmaze-umaze expects (4,)",
-        "key 'goal' missing (task pointmaze-umaze observes ['goal', 'state'])",
     ]
 
 

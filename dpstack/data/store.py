@@ -262,11 +262,15 @@ class EpisodeStore:
 
     def mismatches(self, spec: TaskSpec) -> list[str]:
         """What keeps this store from serving `spec`'s task: missing keys, wrong per-step shapes or dtypes."""
-        problems = []
-        for key, feature in {**spec.features, "action": spec.action_feature}.items():
-            if key not in self.keys:
-                problems.append(f"key '{key}' missing (task {spec.name} observes {sorted(spec.features)})")
-            elif self.row_shape(key) != tuple(feature.shape):
+        expected = {**spec.features, "action": spec.action_feature}
+        missing = sorted(set(expected) - set(self.keys))
+        problems = [f"missing key(s) {missing} (task {spec.name} needs {sorted(expected)})"] if missing else []
+        if self.n_episodes == 0:
+            problems.append("no episodes")
+        for key, feature in expected.items():
+            if key in missing:
+                continue
+            if self.row_shape(key) != tuple(feature.shape):
                 problems.append(
                     f"key '{key}' has per-step shape {self.row_shape(key)}, task {spec.name} expects {feature.shape}"
                 )
