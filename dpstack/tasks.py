@@ -48,6 +48,11 @@ class TaskSpec:
             )
 
 
+def normalized_score(episode_return: float, r_random: float, r_expert: float) -> float:
+    """D4RL's normalized score: 0 = the random reference, 100 = the expert reference."""
+    return 100.0 * (episode_return - r_random) / (r_expert - r_random)
+
+
 @dataclass
 class TaskConfig:
     """`configs/task/<name>.yaml`: which task, its observation variant, and its tunables."""

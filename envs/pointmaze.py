@@ -27,7 +27,7 @@ import numpy as np
 
 from dpstack.envs.base import TaskEnv
 from dpstack.features import Feature
-from dpstack.tasks import TaskSpec
+from dpstack.tasks import TaskSpec, normalized_score
 
 CONTROL_HZ = 100.0  # gymnasium-robotics PointMaze v3: MuJoCo timestep 0.01 s, frame skip 1 (checked when built)
 MAZES = {
@@ -35,11 +35,6 @@ MAZES = {
     "medium": ("PointMaze_Medium-v3", 600),
     "large": ("PointMaze_Large-v3", 800),
 }
-
-
-def normalized_score(episode_return: float, r_random: float, r_expert: float) -> float:
-    """D4RL's normalized score: 0 = uniform random actions, 100 = the expert controller."""
-    return 100.0 * (episode_return - r_random) / (r_expert - r_random)
 
 
 def _register_simulator() -> None:

@@ -22,13 +22,16 @@ from dpstack.tasks import TaskConfig, TaskSpec
 @dataclass(frozen=True)
 class TaskEntry:
     env: str  # "module:Class" of a TaskEnv
-    expert: str  # "module:Class" of an Expert, constructed as Class(rng, noise=..., **expert_kwargs)
+    # "module:Class" of a scripted Expert, constructed as Class(rng, noise=..., **expert_kwargs); "" when the
+    # task's expert is a policy trained here (locomotion: `dpstack rl train`)
+    expert: str
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     expert_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _MAZE = ("dpstack.envs.pointmaze:PointMazeEnv", "dpstack.envs.pointmaze_expert:PointMazeExpert")
 _ROBOSUITE = ("dpstack.envs.robosuite_tasks:RobosuiteEnv", "dpstack.envs.robosuite_expert:RobosuiteExpert")
+_LOCOMOTION = ("dpstack.envs.locomotion:LocomotionEnv", "")
 
 TASKS: dict[str, TaskEntry] = {
     "pusht": TaskEntry("dpstack.envs.pusht:PushTEnv", "dpstack.envs.pusht_expert:PushTExpert"),
@@ -38,6 +41,9 @@ TASKS: dict[str, TaskEntry] = {
     "pointmaze-umaze-dense": TaskEntry(*_MAZE, {"maze": "umaze", "reward_type": "dense"}),
     "lift": TaskEntry(*_ROBOSUITE, {"task": "Lift"}, {"task": "Lift"}),
     "can": TaskEntry(*_ROBOSUITE, {"task": "PickPlaceCan"}, {"task": "PickPlaceCan"}),
+    "hopper": TaskEntry(*_LOCOMOTION, {"body": "hopper"}),
+    "walker2d": TaskEntry(*_LOCOMOTION, {"body": "walker2d"}),
+    "halfcheetah": TaskEntry(*_LOCOMOTION, {"body": "halfcheetah"}),
 }
 
 
@@ -80,6 +86,10 @@ def make_env(task: TaskConfig | str, **overrides: Any) -> TaskEnv:
 
 def make_expert(name: str, rng: np.random.Generator, noise: float = 0.0) -> Expert:
     entry = task_entry(name)
+    if not entry.expert:
+        raise ConfigError(
+            f"task {name!r} has no scripted expert: its expert is a policy trained here (`dpstack rl train task={name}`)"
+        )
     return _load(entry.expert)(rng, noise=noise, **entry.expert_kwargs)
 
 

@@ -13,6 +13,8 @@ OpenGL-style, bottom row first).
 Episodes: ``max_steps`` defaults to 400 for both tasks, robomimic's rollout horizon; the scripted expert
 needs about 56 (Lift, at most ~65) and 180 (Can, at most ~230) steps, so a policy has ample margin. Success (``env._check_success()``)
 ends the episode; ``score`` is 1.0 once it happened.
+Reward: 1 on the success step (robosuite's sparse reward); ``dense_reward=True``
+(``task.env.dense_reward=true``) gives robosuite's staged shaped reward (reaching, grasping, lifting) for RL.
 
 Seeding: robosuite draws the robot's initial joint noise and every placement sample from one
 ``np.random.Generator`` (``env.rng``) that the samplers share by reference, so `_reset` overwrites that
@@ -73,7 +75,14 @@ class RobosuiteEnv(TaskEnv):
     """A robosuite manipulation task with robomimic-style observations (see the module docstring)."""
 
     @classmethod
-    def spec(cls, task: str, image: bool = False, max_steps: int | None = None, camera_size: int = 84) -> TaskSpec:
+    def spec(
+        cls,
+        task: str,
+        image: bool = False,
+        max_steps: int | None = None,
+        camera_size: int = 84,
+        dense_reward: bool = False,
+    ) -> TaskSpec:
         task = ALIASES.get(task, task)
         if task not in TASKS:
             raise ValueError(f"RobosuiteEnv: unknown task {task!r}, expected one of {sorted(TASKS)}")
@@ -96,8 +105,15 @@ class RobosuiteEnv(TaskEnv):
             int(max_steps or DEFAULT_MAX_STEPS[task]),
         )
 
-    def __init__(self, task: str, image: bool = False, max_steps: int | None = None, camera_size: int = 84) -> None:
-        spec = self.spec(task, image, max_steps, camera_size)
+    def __init__(
+        self,
+        task: str,
+        image: bool = False,
+        max_steps: int | None = None,
+        camera_size: int = 84,
+        dense_reward: bool = False,
+    ) -> None:
+        spec = self.spec(task, image, max_steps, camera_size, dense_reward)
         task = ALIASES.get(task, task)
         self.task = task
         self.image = image
@@ -114,7 +130,7 @@ class RobosuiteEnv(TaskEnv):
             camera_names=list(CAMERAS),
             camera_heights=camera_size,
             camera_widths=camera_size,
-            reward_shaping=False,
+            reward_shaping=dense_reward,  # robosuite's staged dense reward (reach, grasp, lift) for RL
             control_freq=int(CONTROL_HZ),
             horizon=10**6,
             ignore_done=True,
