@@ -26,7 +26,7 @@ import torch
 from benchmarks.report import write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
-from dpstack.policy.evaluate import evaluate_exported
+from dpstack.policy.evaluate import EvalSpec, evaluate_exported
 from dpstack.policy.export import export_policy, parity_check
 from dpstack.policy.runtime import OnnxPolicy
 from dpstack.policy.samplers import DDIMOptions, RTIOptions, StreamingOptions
@@ -117,9 +117,7 @@ def main() -> None:
         }
         row["speedup"] = row["torch_ms_p50"] / row["onnx_ms_p50"]
         if args.episodes:
-            record = evaluate_exported(
-                model_dir, task, args.episodes, task.eval_seed, out_dir=model_dir / "eval", videos=0
-            )
+            record = evaluate_exported(model_dir, EvalSpec(task, args.episodes, out_dir=model_dir / "eval", videos=0))
             row |= {"onnx_mean_score": record["mean_score"], "onnx_success_rate": record["success_rate"]}
         print(row, flush=True)
         rows.append(row)

@@ -44,7 +44,7 @@ def _median_interval_stats(times: list[float]) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------------- loop
 def bench_loop(model: Path, episodes: int, out: Path) -> list[dict[str, Any]]:
-    from dpstack.policy.evaluate import evaluate_exported
+    from dpstack.policy.evaluate import EvalSpec, evaluate_exported
     from dpstack.ros.loop import LoopConfig, run_loop
     from dpstack.tasks import TaskConfig
 
@@ -52,7 +52,7 @@ def bench_loop(model: Path, episodes: int, out: Path) -> list[dict[str, Any]]:
     task = TaskConfig(**meta["task"])
     seed = task.eval_seed
     runs: dict[str, dict[str, Any]] = {}
-    runs["dpstack eval backend=onnx"] = evaluate_exported(model, task, episodes, seed, num_envs=1, videos=0)
+    runs["dpstack eval backend=onnx"] = evaluate_exported(model, EvalSpec(task, episodes, seed, videos=0))
     for name, factor in (("ROS 2 loop, lockstep on /clock", 0.0), ("ROS 2 loop, real time", 1.0)):
         runs[name] = run_loop(
             LoopConfig(model=str(model), episodes=episodes, real_time_factor=factor, out=str(out / f"rtf{factor:g}"))

@@ -26,7 +26,7 @@ import torch
 from benchmarks.report import write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
-from dpstack.policy.evaluate import evaluate_policy
+from dpstack.policy.evaluate import EvalSpec, evaluate_policy
 from dpstack.policy.samplers import DDIMOptions, DDPMOptions, RTIOptions, SamplerOptions, StreamingOptions
 from dpstack.tasks import TaskConfig
 
@@ -71,9 +71,7 @@ def run(task_name: str, checkpoints: dict[str, str], episodes: int, out: Path, o
         sampler = policy.make_sampler(sampler_cfg)
         eval_dir = out / f"{task_name}-{key}"
         print(f"{task_name} {label}: {episodes} episodes ...", flush=True)
-        record = evaluate_policy(
-            policy, task, episodes, task.eval_seed, sampler, num_envs=1, out_dir=eval_dir, videos=0
-        )
+        record = evaluate_policy(policy, EvalSpec(task, episodes, out_dir=eval_dir, videos=0), sampler)
         row = {
             "task": task_name,
             "sampler": label,

@@ -190,7 +190,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from dpstack.policy.evaluate import evaluate_policy
+    from dpstack.policy.evaluate import EvalSpec, evaluate_policy
 
     out = Path(cfg.out)
     latest = out / "checkpoints" / "latest"
@@ -266,15 +266,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         writer.flush()
 
     def evaluate(tag: str) -> dict[str, Any]:
-        record = evaluate_policy(
-            ema,
-            cfg.task,
-            cfg.eval_episodes,
-            cfg.task.eval_seed,
-            num_envs=cfg.eval_envs,
-            out_dir=out / "eval" / tag,
-            videos=1,
-        )
+        spec = EvalSpec(cfg.task, cfg.eval_episodes, num_envs=cfg.eval_envs, out_dir=out / "eval" / tag, videos=1)
+        record = evaluate_policy(ema, spec)
         return {"eval/success_rate": record["success_rate"], "eval/mean_score": record["mean_score"]}
 
     # the loop

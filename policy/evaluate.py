@@ -1,119 +1,55 @@
-"""Closed-loop evaluation of a policy on a task: vectorized envs, fixed seeds, eval.json, videos.
+"""Closed-loop evaluation of a policy on a task: fixed seeds, eval.json, videos.
 
-Episode i runs on seed ``seed + i``. Environments step in lockstep waves of `num_envs`; the policy acts
-through `RecedingHorizon` (the same execution the ROS node uses). The score of an episode is the task
-env's ``info["score"]`` at its end (Push-T: max coverage score; mazes: normalized return; robosuite:
-success) and success is its latched ``info["is_success"]``.
+Episode i runs on seed ``seed + i`` through the rollout harness (`dpstack.policy.rollout`, waves of
+`num_envs` episodes), the same path RL rollouts take. The score of an episode is the task env's
+``info["score"]`` at its end (Push-T: max coverage score; mazes and locomotion: normalized return;
+robosuite: success) and success is its latched ``info["is_success"]``.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
-from dpstack.envs.registry import make_env
-from dpstack.policy.execution import ChunkFn, ChunkSource, RecedingHorizon, resolve_latency_steps
+from dpstack.policy.execution import resolve_latency_steps
+from dpstack.policy.rollout import EXTRA_INFO_KEYS, Rollouts, RolloutSpec
 from dpstack.tasks import TaskConfig
 
-EXTRA_INFO_KEYS = ("max_coverage", "return")
+__all__ = ["EXTRA_INFO_KEYS", "EvalSpec", "evaluate_exported", "evaluate_policy", "evaluate_source"]
 
 
-def _make(task: TaskConfig) -> Callable[[], gym.Env]:
-    return lambda: make_env(task)
+@dataclass
+class EvalSpec:
+    """One evaluation: which task, how many episodes from which seed, in how many envs, and what to keep.
 
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    """mp4 through imageio-ffmpeg; falls back to gif if no encoder is available."""
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        imageio.mimwrite(path.with_suffix(".mp4"), frames, fps=fps, macro_block_size=1)
-        return path.with_suffix(".mp4")
-    except (ImportError, RuntimeError, OSError, ValueError):
-        imageio.mimwrite(path.with_suffix(".gif"), frames, duration=1000 / fps)
-        return path.with_suffix(".gif")
-
-
-def run_episodes(
-    task: TaskConfig,
-    predict_chunk: ChunkSource | ChunkFn,
-    n_obs_steps: int,
-    actions_per_tick: int,
-    episodes: int,
-    seed: int,
-    num_envs: int = 1,
-    video_dir: Path | None = None,
-    videos: int = 2,
-    progress: bool = False,
-    latency_steps: int = 0,
-) -> dict[str, Any]:
-    """Run `episodes` episodes; returns per-episode results and per-tick latencies (ms).
-
-    `predict_chunk` is reset (if it has `reset()`) at the start of every wave of episodes.
+    Attributes:
+        task: the task config.
+        episodes: episodes on seeds seed, seed + 1, ...
+        seed: the first seed (None: the task's eval_seed).
+        num_envs: parallel environments (worker processes when > 1).
+        latency_steps: ticks between an observation and its chunk taking effect (-1: one tick ahead
+            when the chunk allows it).
+        out_dir: where eval.json and videos go (None: nothing is written).
+        videos: episodes to keep as videos (with out_dir).
+        progress: print a line per wave.
     """
-    num_envs = max(1, min(num_envs, episodes))
-    if num_envs == 1:
-        envs: gym.vector.VectorEnv = gym.vector.SyncVectorEnv([_make(task)])
-    else:
-        envs = gym.vector.AsyncVectorEnv([_make(task)] * num_envs, context="spawn")
-    controller = RecedingHorizon(predict_chunk, n_obs_steps, actions_per_tick, latency_steps)
-    results: list[dict[str, Any]] = []
-    ticks_ms: list[float] = []
-    inference_ms: list[float] = []
-    frames: dict[int, list[np.ndarray]] = {}
-    fps = envs.call("control_hz")[0] if video_dir else 10.0
-    try:
-        for wave_start in range(0, episodes, num_envs):
-            seeds = [seed + wave_start + i for i in range(num_envs)]
-            obs, _ = envs.reset(seed=seeds)
-            controller.reset()
-            done = np.zeros(num_envs, bool)
-            final: list[dict[str, Any] | None] = [None] * num_envs
-            steps = np.zeros(num_envs, int)
-            while not done.all():
-                if video_dir is not None and wave_start < videos:  # rendering is costly: only when kept
-                    for i, frame in enumerate(envs.call("render")):
-                        if wave_start + i < videos and not done[i]:
-                            frames.setdefault(wave_start + i, []).append(np.asarray(frame))
-                start = time.perf_counter()
-                action = controller.select_action(obs)
-                elapsed = (time.perf_counter() - start) * 1000
-                ticks_ms.append(elapsed)
-                if controller.last_tick_inferred:
-                    inference_ms.append(elapsed)
-                obs, _, terminated, truncated, infos = envs.step(action)
-                for i in np.flatnonzero(~done & (terminated | truncated)):
-                    final[i] = {
-                        "seed": seeds[i],
-                        "success": bool(infos["is_success"][i]),
-                        "score": float(infos["score"][i]),
-                        "steps": int(steps[i] + 1),
-                        # task-specific extras, e.g. Push-T's raw max_coverage, a maze's return
-                        **{k: float(infos[k][i]) for k in EXTRA_INFO_KEYS if k in infos},
-                    }
-                steps += ~done
-                done |= terminated | truncated
-            results.extend(r for r in final[: min(num_envs, episodes - wave_start)] if r is not None)
-            if progress:
-                print(
-                    f"  {len(results)}/{episodes} episodes, success so far {np.mean([r['success'] for r in results]):.2f}",
-                    flush=True,
-                )
-    finally:
-        envs.close()
-    video_paths = (
-        [str(write_video(video_dir / f"episode_{i:03d}", f, fps)) for i, f in sorted(frames.items())]
-        if video_dir
-        else []
-    )
-    return {"episodes": results, "ticks_ms": ticks_ms, "inference_ms": inference_ms, "videos": video_paths}
+
+    task: TaskConfig
+    episodes: int = 50
+    seed: int | None = None
+    num_envs: int = 1
+    latency_steps: int = 0
+    out_dir: Path | None = None
+    videos: int = 2
+    progress: bool = False
+
+    @property
+    def first_seed(self) -> int:
+        return self.task.eval_seed if self.seed is None else self.seed
 
 
 def summarize(
@@ -152,119 +88,65 @@ def write_eval(out_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def evaluate_source(
-    source: Any,
-    n_obs_steps: int,
-    sampler_name: str,
-    task: TaskConfig,
-    episodes: int,
-    seed: int,
-    num_envs: int = 1,
-    out_dir: Path | None = None,
-    videos: int = 2,
-    progress: bool = False,
-    latency_steps: int = 0,
-    **extra: Any,
-) -> dict[str, Any]:
+def evaluate_source(source: Any, n_obs_steps: int, sampler_name: str, spec: EvalSpec, **extra: Any) -> dict[str, Any]:
     """Evaluate a chunk source that counts its work (`actions_per_tick`, `network_evaluations`, `reset()`).
 
-    Writes `<out_dir>/eval.json` and videos when out_dir is given. `nfe_per_action` is measured: the
+    Writes `<out_dir>/eval.json` and videos when spec.out_dir is given. `nfe_per_action` is measured: the
     network evaluations that ran over the executed ticks, each episode's first tick included.
     """
-    run = run_episodes(
-        task,
-        source,
-        n_obs_steps,
-        source.actions_per_tick,
-        episodes,
-        seed,
-        num_envs,
-        video_dir=(out_dir / "videos") if out_dir and videos else None,
-        videos=videos,
-        progress=progress,
-        latency_steps=latency_steps,
+    rollout = RolloutSpec(
+        spec.task,
+        num_envs=max(1, min(spec.num_envs, spec.episodes)),
+        n_obs_steps=n_obs_steps,
+        actions_per_tick=source.actions_per_tick,
+        latency_steps=spec.latency_steps,
     )
+    video_dir = spec.out_dir / "videos" if spec.out_dir and spec.videos else None
+    with Rollouts(rollout) as rollouts:
+        run = rollouts.evaluate(source, spec.episodes, spec.first_seed, video_dir, spec.videos, spec.progress)
     nfe_per_action = source.network_evaluations / max(1, len(run["ticks_ms"]))
     measured = source.eval_fields() if hasattr(source, "eval_fields") else {}  # e.g. a planner's planning time
-    record = summarize(task, sampler_name, nfe_per_action, run, latency_steps=latency_steps, **measured, **extra)
-    if out_dir is not None:
-        write_eval(out_dir, record)
+    record = summarize(
+        spec.task, sampler_name, nfe_per_action, run, latency_steps=spec.latency_steps, **measured, **extra
+    )
+    if spec.out_dir is not None:
+        write_eval(spec.out_dir, record)
     return record
 
 
-def evaluate_policy(
-    policy: Any,
-    task: TaskConfig,
-    episodes: int,
-    seed: int,
-    sampler: Any = None,
-    num_envs: int = 1,
-    out_dir: Path | None = None,
-    videos: int = 2,
-    progress: bool = False,
-    latency_steps: int = 0,
-) -> dict[str, Any]:
-    """Evaluate a DiffusionPolicy with a sampler (default: the policy's); noise from a generator seeded by `seed`."""
+def evaluate_policy(policy: Any, spec: EvalSpec, sampler: Any = None) -> dict[str, Any]:
+    """Evaluate a policy (any method) with a sampler (default: its own); noise from a generator seeded by the seed."""
     import torch
 
     sampler = sampler or policy.default_sampler()
     predicted = sampler.chunk_length(policy.cfg.horizon) - (policy.cfg.n_obs_steps - 1)
-    latency_steps = resolve_latency_steps(
-        latency_steps, policy.actions_per_tick(sampler), predicted, f"sampler {sampler.name}"
+    latency = resolve_latency_steps(
+        spec.latency_steps, policy.actions_per_tick(sampler), predicted, f"sampler {sampler.name}"
     )
-    session = policy.session(sampler, torch.Generator().manual_seed(seed))
+    session = policy.session(sampler, torch.Generator().manual_seed(spec.first_seed))
     was_training = policy.training
     policy.eval()
     try:
         return evaluate_source(
-            session,
-            policy.cfg.n_obs_steps,
-            sampler.name,
-            task,
-            episodes,
-            seed,
-            num_envs,
-            out_dir,
-            videos,
-            progress,
-            latency_steps,
-            backend="torch",
+            session, policy.cfg.n_obs_steps, sampler.name, replace(spec, latency_steps=latency), backend="torch"
         )
     finally:
         policy.train(was_training)
 
 
-def evaluate_exported(
-    model_dir: str | Path,
-    task: TaskConfig,
-    episodes: int,
-    seed: int,
-    num_envs: int = 1,
-    out_dir: Path | None = None,
-    videos: int = 2,
-    progress: bool = False,
-    latency_steps: int = 0,
-    threads: int = 1,
-) -> dict[str, Any]:
+def evaluate_exported(model_dir: str | Path, spec: EvalSpec, threads: int = 1) -> dict[str, Any]:
     """`evaluate_policy` through the PyTorch-free runtime on a `dpstack export` directory."""
     from dpstack.policy.runtime import OnnxPolicy
 
-    runtime = OnnxPolicy(model_dir, threads=threads, seed=seed)
-    latency_steps = resolve_latency_steps(
-        latency_steps, runtime.actions_per_tick, int(runtime.meta["actions_per_output"]), f"the export {model_dir}"
+    runtime = OnnxPolicy(model_dir, threads=threads, seed=spec.first_seed)
+    latency = resolve_latency_steps(
+        spec.latency_steps, runtime.actions_per_tick, int(runtime.meta["actions_per_output"]), f"the export {model_dir}"
     )
     return evaluate_source(
         runtime,
         runtime.n_obs_steps,
         runtime.meta["sampler"]["name"],
-        task,
-        episodes,
-        seed,
-        num_envs,
-        out_dir,
-        videos,
-        progress,
-        latency_steps,
+        replace(spec, latency_steps=latency),
         backend="onnx",
         model=str(model_dir),
         weights_sha256=runtime.meta["weights_sha256"],

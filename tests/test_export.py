@@ -81,9 +81,11 @@ def test_truncated_or_missing_files_are_clear_errors(exports: dict[str, Path], t
 
 
 def test_eval_through_the_runtime(exports: dict[str, Path], tmp_path: Path) -> None:
-    from dpstack.policy.evaluate import evaluate_exported
+    from dpstack.policy.evaluate import EvalSpec, evaluate_exported
 
-    record = evaluate_exported(exports["rti"], MAZE, episodes=2, seed=100000, out_dir=tmp_path / "eval", videos=0)
+    record = evaluate_exported(
+        exports["rti"], EvalSpec(MAZE, episodes=2, seed=100000, out_dir=tmp_path / "eval", videos=0)
+    )
     assert record["backend"] == "onnx" and record["episodes"] == 2 and record["sampler"] == "rti-1,0"
     # 2 calls per executed action, plus each episode's 3-call first tick
     assert 2 < record["nfe_per_action"] <= 2 + 1 / record["mean_steps"] + 1e-9

@@ -81,7 +81,7 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
 
     from dpstack.methods import load_policy
     from dpstack.policy.diffusion_policy import PolicyConfig
-    from dpstack.policy.evaluate import evaluate_policy
+    from dpstack.policy.evaluate import EvalSpec, evaluate_policy
     from dpstack.tasks import TaskConfig
     from dpstack.train import train
     from tests.conftest import MAZE, train_config
@@ -93,7 +93,7 @@ def test_planner_trained_briefly_reaches_the_goal_and_evaluates_like_a_policy(ma
     planner = load_policy(tmp_path / "run")
     assert type(planner).__name__ == "DiffuserPlanner"
     task = TaskConfig(**{**MAZE.__dict__, "max_steps": 150})
-    record = evaluate_policy(planner, task, episodes=3, seed=100000, out_dir=tmp_path / "eval", videos=0)
+    record = evaluate_policy(planner, EvalSpec(task, episodes=3, seed=100000, out_dir=tmp_path / "eval", videos=0))
     assert record["success_rate"] >= 2 / 3, record["per_episode"]
     assert record["sampler"] == "diffuser-ddpm" and record["nfe_per_action"] == 32 / record["mean_steps"]
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
@@ -143,7 +143,7 @@ def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None
     from dpstack.envs.collect import collect
     from dpstack.envs.registry import load_task_config
     from dpstack.methods import load_policy
-    from dpstack.policy.evaluate import evaluate_policy
+    from dpstack.policy.evaluate import EvalSpec, evaluate_policy
     from dpstack.train import TrainConfig, train
 
     task = load_task_config("pointmaze-umaze-dense", ["max_steps=100"])
@@ -176,9 +176,8 @@ def test_value_guided_planner_trains_its_value_net_and_replans(tmp_path) -> None
     plan = planner.plan(torch.tensor([[0.0, 0.0, 0.0, 0.0]] * 2), torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
     assert plan["state"].shape == (2, 32, 4) and plan["value"].shape == (2,)
     assert torch.allclose(plan["state"][:, 0], torch.zeros(2, 4), atol=1e-5)  # only the start is inpainted
-    record = evaluate_policy(
-        planner, cfg.task, episodes=2, seed=100000, num_envs=2, out_dir=tmp_path / "eval", videos=0
-    )
+    spec = EvalSpec(cfg.task, episodes=2, seed=100000, num_envs=2, out_dir=tmp_path / "eval", videos=0)
+    record = evaluate_policy(planner, spec)
     assert record["sampler"] == "diffuser-ddpm-guided1-best4"
     assert record["plans_per_episode"] == 40 / 4 and record["plan_ms_p50"] > 0
     assert {"plan_ms_p50", "plans_per_episode", "mean_return"} <= set(

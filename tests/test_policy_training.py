@@ -17,7 +17,8 @@ from dpstack.errors import ConfigError
 from dpstack.methods import load_policy
 from dpstack.policy.checkpoint import CheckpointError
 from dpstack.policy.diffusion_policy import PolicyConfig
-from dpstack.policy.evaluate import evaluate_policy, run_episodes
+from dpstack.policy.evaluate import EvalSpec, evaluate_policy
+from dpstack.policy.rollout import Rollouts, RolloutSpec
 from dpstack.policy.samplers import make_sampler
 from dpstack.train import EpochSampler, ema_decay, lr_factor, train
 from tests.conftest import MAZE
@@ -74,17 +75,11 @@ def test_resume_continues_exactly(maze_store: Path, tmp_path: Path) -> None:
 def test_trained_policy_beats_random_actions(maze_store: Path, tmp_path: Path) -> None:
     train(_config(maze_store, tmp_path / "run", steps=800, batch_size=64, warmup_steps=50))
     policy = load_policy(tmp_path / "run")
-    record = evaluate_policy(
-        policy,
-        MAZE,
-        episodes=8,
-        seed=100000,
-        sampler=make_sampler("ddim", policy.schedule, 10),
-        out_dir=tmp_path / "eval",
-        videos=1,
-    )
+    spec = EvalSpec(MAZE, episodes=8, seed=100000, out_dir=tmp_path / "eval", videos=1)
+    record = evaluate_policy(policy, spec, make_sampler("ddim", policy.schedule, 10))
     rng = np.random.default_rng(0)
-    random_run = run_episodes(MAZE, lambda h: rng.uniform(-1, 1, (1, 8, 2)), 2, 8, episodes=8, seed=100000)
+    with Rollouts(RolloutSpec(MAZE, num_envs=1, n_obs_steps=2, actions_per_tick=8)) as rollouts:
+        random_run = rollouts.evaluate(lambda h: rng.uniform(-1, 1, (1, 8, 2)), episodes=8, seed=100000)
     random_success = np.mean([e["success"] for e in random_run["episodes"]])
     assert record["success_rate"] >= random_success + 0.25, (record["success_rate"], random_success)
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())

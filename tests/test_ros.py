@@ -288,7 +288,7 @@ def test_diagnostics_report_latency_and_counters(robot_factory: Any, exports: di
 
 def test_closed_loop_in_separate_processes_matches_dpstack_eval(exports: dict[str, Path], tmp_path: Path) -> None:
     """`dpstack ros loop` in lockstep reproduces the episodes of the evaluator on the same seeds and noise."""
-    from dpstack.policy.evaluate import evaluate_exported
+    from dpstack.policy.evaluate import EvalSpec, evaluate_exported
 
     args = [
         f"model={exports['streaming']}",
@@ -311,7 +311,7 @@ def test_closed_loop_in_separate_processes_matches_dpstack_eval(exports: dict[st
     for key in ("success_rate", "mean_score", "nfe_per_action", "tick_ms_p50", "tick_ms_p99", "per_episode"):
         assert key in record
     task = MAZE.__class__(**{**MAZE.__dict__, "max_steps": 25})
-    reference = evaluate_exported(exports["streaming"], task, episodes=2, seed=100000, num_envs=1, videos=0)
+    reference = evaluate_exported(exports["streaming"], EvalSpec(task, episodes=2, seed=100000, videos=0))
     assert [e["steps"] for e in record["per_episode"]] == [e["steps"] for e in reference["per_episode"]]
     np.testing.assert_allclose(
         [e["score"] for e in record["per_episode"]], [e["score"] for e in reference["per_episode"]], atol=1e-6

@@ -8,7 +8,7 @@ import torch
 
 from dpstack.features import Feature
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
-from dpstack.policy.evaluate import evaluate_policy
+from dpstack.policy.evaluate import EvalSpec, evaluate_policy
 from dpstack.policy.normalizer import Normalizer
 from dpstack.policy.samplers import DDIMOptions, DDPMOptions, RTIOptions, SamplerWindow, StreamingOptions, StreamLayout
 from dpstack.policy.samplers.rti import RTISampler, pick_start_timestep, shift_chunk, warm_start_gaps
@@ -204,7 +204,7 @@ def test_eval_runs_with_every_sampler_and_measures_nfe(name: str) -> None:
     policy = tiny_policy()
     sampler = policy.make_sampler(SAMPLER_CONFIGS[name])
     task = TaskConfig(name="pusht", max_steps=20)
-    record = evaluate_policy(policy, task, episodes=2, seed=100000, sampler=sampler, num_envs=1, videos=0)
+    record = evaluate_policy(policy, EvalSpec(task, episodes=2, seed=100000, videos=0), sampler)
     assert record["episodes"] == 2 and record["sampler"] == sampler.name
     ticks = 20
     expected = {

@@ -57,21 +57,18 @@ def run(cfg: Config) -> int:
     if cfg.backend == "onnx":
         return _run_onnx(cfg)
     policy, task, sampler = load_policy_and_sampler(cfg.checkpoint, cfg.sampler, cfg.device)
-    seed = task.eval_seed if cfg.seed is None else cfg.seed
-    record = evaluate_policy(
-        policy,
-        task,
-        cfg.episodes,
-        seed,
-        sampler,
-        cfg.num_envs,
-        Path(cfg.out),
-        cfg.videos,
-        progress=cfg.progress,
-        latency_steps=cfg.latency_steps,
-    )
-    _report(task.name, record, seed, cfg)
+    spec = _spec(cfg, task)
+    record = evaluate_policy(policy, spec, sampler)
+    _report(task.name, record, spec.first_seed, cfg)
     return 0
+
+
+def _spec(cfg: Config, task: Any) -> Any:
+    from dpstack.policy.evaluate import EvalSpec
+
+    return EvalSpec(
+        task, cfg.episodes, cfg.seed, cfg.num_envs, cfg.latency_steps, Path(cfg.out), cfg.videos, cfg.progress
+    )
 
 
 def _run_onnx(cfg: Config) -> int:
@@ -87,20 +84,9 @@ def _run_onnx(cfg: Config) -> int:
         model_dir = Path(cfg.out) / "onnx"
         export.run(export.Config(checkpoint=cfg.checkpoint, out=str(model_dir), sampler=cfg.sampler, check_ticks=0))
     task = TaskConfig(**read_export_metadata(model_dir)["task"])
-    seed = task.eval_seed if cfg.seed is None else cfg.seed
-    record = evaluate_exported(
-        model_dir,
-        task,
-        cfg.episodes,
-        seed,
-        cfg.num_envs,
-        Path(cfg.out),
-        cfg.videos,
-        cfg.progress,
-        cfg.latency_steps,
-        cfg.threads,
-    )
-    _report(task.name, record, seed, cfg)
+    spec = _spec(cfg, task)
+    record = evaluate_exported(model_dir, spec, cfg.threads)
+    _report(task.name, record, spec.first_seed, cfg)
     return 0
 
 

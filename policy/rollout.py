@@ -1,0 +1,437 @@
+"""The rollout harness: one path from a policy to N simulators, shared by evaluation and RL.
+
+The unit of the harness is a control tick of the policy: every env executes one action chunk per tick
+(`ChunkEnv`), so all N envs need their next chunk at the same moment and the policy runs once per tick
+on the batch of N observation histories, even though the envs' episodes end and restart at different
+times. Each env keeps its own observation history and latency offset, so an env that resets never
+disturbs the others.
+
+    spec = RolloutSpec(task, num_envs=8, n_obs_steps=2, actions_per_tick=8)
+    with Rollouts(spec) as rollouts:
+        record = rollouts.evaluate(session, episodes=50, seed=100000)      # waves of fixed seeds
+        batch = rollouts.collect(policy_fn, ticks=64)                      # continuous, for RL
+
+Two ways to schedule episodes:
+
+- `evaluate` runs waves: episode i on seed ``seed + i``; all N envs start a wave together and an env
+  that finishes early idles (its rows are still computed, so the policy's batch and noise draws do not
+  depend on when episodes end). This is the evaluator's protocol, episode for episode.
+- `collect` runs continuously: an env that finishes resets at once, on its next seed (env j runs seeds
+  ``seed + j, seed + j + N, ...``), within the same tick; the tick reports ``terminated`` and
+  ``truncated`` apart and keeps the final observation history for bootstrapping on truncation.
+
+Latency (``latency_steps`` d, see `dpstack.policy.execution`): the history a tick returns is the one d
+steps before the chunk ends, and the next chunk's first d actions are skipped (their steps were
+executed by the previous chunk); an episode's first chunk starts at index 0. This is
+`RecedingHorizon`'s schedule, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from dpstack.envs.registry import make_env
+from dpstack.errors import UserError
+from dpstack.policy.execution import ObservationHistory
+from dpstack.tasks import TaskConfig
+
+EXTRA_INFO_KEYS = ("max_coverage", "return")  # task-specific per-episode extras kept beside success and score
+
+
+class RolloutError(UserError, RuntimeError):
+    """An env worker that raised or died, or a non-finite observation or reward; names the task, seed and key."""
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    """mp4 through imageio-ffmpeg; falls back to gif if no encoder is available."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        imageio.mimwrite(path.with_suffix(".mp4"), frames, fps=fps, macro_block_size=1)
+        return path.with_suffix(".mp4")
+    except (ImportError, RuntimeError, OSError, ValueError):
+        imageio.mimwrite(path.with_suffix(".gif"), frames, duration=1000 / fps)
+        return path.with_suffix(".gif")
+
+
+class ChunkEnv(gym.Wrapper):
+    """A task env whose `step` executes one action chunk: one control tick of the policy.
+
+    Observations are histories {key: (n_obs_steps, *shape)} (the first observation repeated at an
+    episode's start). `step(chunk (latency_steps + actions_per_tick, Da))` executes up to
+    `actions_per_tick` actions (fewer when the episode ends) and returns the chunk's summed reward; info
+    carries ``rewards`` (actions_per_tick,) per env step (0 after the end), ``executed`` (actions run),
+    ``offset`` (the chunk index of the first one), ``select_ms`` (time picking each action),
+    ``terminated`` and ``truncated`` (the episode's end: the wrapper resets itself, in continuous mode
+    at once, so the flags it returns to a vector env stay false), and, when an episode ended, ``episode_*`` (seed, return,
+    length, success, score and the task's extras) and ``final_<key>`` (the last history).
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        n_obs_steps: int,
+        actions_per_tick: int,
+        latency_steps: int = 0,
+        continuous: bool = False,
+        seed_stride: int = 1,
+    ) -> None:
+        super().__init__(env)
+        self.n_obs_steps, self.actions_per_tick, self.latency_steps = n_obs_steps, actions_per_tick, latency_steps
+        self.continuous, self.seed_stride = continuous, seed_stride
+        self.video_path: str | None = None  # set per episode (set_attr) to record it
+        self.history = ObservationHistory(n_obs_steps)
+        spaces = env.observation_space.spaces  # type: ignore[attr-defined]
+        self.observation_space = gym.spaces.Dict(
+            {k: gym.spaces.Box(s.low.min(), s.high.max(), (n_obs_steps, *s.shape), s.dtype) for k, s in spaces.items()}
+        )
+        act = env.action_space
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (latency_steps + actions_per_tick, *act.shape), np.float32)
+
+    # ------------------------------------------------------------------ helpers
+    def _observe(self, obs: Mapping[str, np.ndarray]) -> None:
+        for key, value in obs.items():
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise RolloutError(
+                    f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: "
+                    f"observation '{key}' is not finite"
+                )
+        self.history.observe({k: v[None] for k, v in obs.items()})
+
+    def _stacked(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.history.stacked().items()}
+
+    def _start(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self._seed, self._length, self._return, self._first, self._idle = seed, 0, 0.0, True, False
+        obs, info = self.env.reset(seed=seed)
+        self.history.clear()
+        self._observe(obs)
+        self._frames: list[np.ndarray] | None = [] if self.video_path else None
+        return self._stacked(), info
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        return self._start(seed)
+
+    def step(self, chunk: np.ndarray):  # type: ignore[override]
+        rewards = np.zeros(self.actions_per_tick, np.float32)
+        select_ms = np.zeros(self.actions_per_tick, np.float32)
+        if self._idle:  # waves: this env's episode is over; it waits for the next wave
+            idle = {"rewards": rewards, "executed": 0, "select_ms": select_ms, "offset": 0}
+            return self._last, 0.0, False, False, {**idle, "terminated": False, "truncated": False}
+        offset = 0 if self._first else self.latency_steps
+        decision, terminated, truncated, executed, info = None, False, False, 0, {}
+        for i in range(self.actions_per_tick):
+            if i == self.actions_per_tick - self.latency_steps:
+                decision = self._stacked()  # the history the next chunk is computed from
+            start = time.perf_counter()
+            action = chunk[offset + i]
+            select_ms[i] = (time.perf_counter() - start) * 1000
+            if self._frames is not None:
+                self._frames.append(np.asarray(self.env.render()))
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            if not np.isfinite(reward):
+                raise RolloutError(
+                    f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: reward is {reward}"
+                )
+            rewards[i] = reward
+            self._return += float(reward)
+            self._length += 1
+            executed += 1
+            self._observe(obs)
+            if terminated or truncated:
+                break
+        self._first = False
+        out: dict[str, Any] = {"rewards": rewards, "executed": executed, "select_ms": select_ms, "offset": offset}
+        out.update(terminated=bool(terminated), truncated=bool(truncated))
+        if not (terminated or truncated):
+            self._last = decision if decision is not None else self._stacked()
+        else:
+            out.update(self._episode_end(info))
+            if self.continuous:
+                self._last, _ = self._start(None if self._seed is None else self._seed + self.seed_stride)
+            else:
+                self._last, self._idle = self._stacked(), True
+        # the episode's end travels in info: this env resets itself, so the vector env must never do it
+        return self._last, float(rewards.sum()), False, False, out
+
+    def _episode_end(self, info: dict[str, Any]) -> dict[str, Any]:
+        out = {f"final_{k}": v for k, v in self._stacked().items()}
+        out.update(
+            episode_seed=-1 if self._seed is None else self._seed,
+            episode_return=self._return,
+            episode_length=self._length,
+            episode_success=bool(info.get("is_success", False)),
+            episode_score=float(info.get("score", 0.0)),
+        )
+        out.update({f"episode_{k}": float(info[k]) for k in EXTRA_INFO_KEYS if k in info and f"episode_{k}" not in out})
+        if self._frames:
+            path = write_video(Path(self.video_path), self._frames, float(self.env.task_spec.control_hz))
+            out["episode_video"] = str(path)
+            self._frames = None
+        return out
+
+
+@dataclass
+class RolloutSpec:
+    """What to roll out: the task, how many envs, and the policy's timing (one spec instead of loose arguments).
+
+    Attributes:
+        task: the task config (`configs/task/<name>.yaml`).
+        num_envs: simulators stepped in parallel.
+        n_obs_steps: observations per history the policy sees.
+        actions_per_tick: actions executed per policy call (the chunk each tick executes).
+        latency_steps: ticks between an observation and its chunk taking effect (see the module doc).
+        vectorization: "async" (one worker process per env) or "sync" (all in this process; tests, N = 1).
+    """
+
+    task: TaskConfig
+    num_envs: int = 1
+    n_obs_steps: int = 2
+    actions_per_tick: int = 8
+    latency_steps: int = 0
+    vectorization: str = "async"
+
+    def __post_init__(self) -> None:
+        if self.num_envs < 1 or self.actions_per_tick < 1 or self.n_obs_steps < 1:
+            raise ValueError("num_envs, actions_per_tick and n_obs_steps must be >= 1")
+        if self.vectorization not in ("async", "sync"):
+            raise ValueError(f"vectorization must be async or sync, got {self.vectorization!r}")
+
+
+@dataclass
+class RolloutBatch:
+    """`ticks` control ticks of N envs (all tensors are (T, N, ...), T = ticks).
+
+    obs: {key: (T, N, To, ...)} the histories each tick's chunk was computed from.
+    actions: (T, N, A, Da) the executed part of each chunk (A = actions_per_tick).
+    rewards: (T, N, A) reward per env step (0 after an episode's end); reward: (T, N) their sum.
+    terminated, truncated: (T, N) how an episode ended at that tick (bootstrap on truncation only).
+    final_obs: {key: (T, N, To, ...)} the last history of an episode that ended at that tick.
+    next_obs: {key: (N, To, ...)} the histories after the last tick (for the value of the next state).
+    extras: {name: (T, N, ...)} what the policy returned beside its actions (e.g. DPPO's chain).
+    episodes: the episodes that ended (seed, return, length, success, score, extras).
+    """
+
+    obs: dict[str, torch.Tensor]
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: dict[str, torch.Tensor]
+    next_obs: dict[str, torch.Tensor]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    env_steps: int = 0  # simulator steps executed in these ticks
+
+
+PolicyFn = Callable[[dict[str, np.ndarray]], Any]  # histories -> actions (N, A', Da) or (actions, extras)
+
+
+class Rollouts:
+    """N task envs created once and reused; see the module docstring."""
+
+    def __init__(self, spec: RolloutSpec) -> None:
+        self.spec = spec
+        task, s = spec.task, spec
+
+        def make(continuous: bool) -> Callable[[], gym.Env]:
+            return lambda: ChunkEnv(
+                make_env(task), s.n_obs_steps, s.actions_per_tick, s.latency_steps, continuous, s.num_envs
+            )
+
+        self._make = make
+        self._envs: gym.vector.VectorEnv | None = None
+        self._continuous: bool | None = None
+        self._next_obs: dict[str, np.ndarray] | None = None
+
+    def _vector(self, continuous: bool) -> gym.vector.VectorEnv:
+        """The vector env, built once (and rebuilt only to switch between waves and continuous episodes)."""
+        if self._envs is not None and self._continuous == continuous:
+            return self._envs
+        self.close()
+        fns = [self._make(continuous)] * self.spec.num_envs
+        if self.spec.vectorization == "sync" or self.spec.num_envs == 1:
+            self._envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
+        else:
+            self._envs = gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=AutoresetMode.DISABLED)
+        self._continuous = continuous
+        return self._envs
+
+    def close(self) -> None:
+        if self._envs is not None:
+            self._envs.close()
+        self._envs, self._continuous, self._next_obs = None, None, None
+
+    def _abandon(self) -> None:
+        """After a worker failed: stop every worker without talking to them (a dead one never answers)."""
+        envs, self._envs, self._continuous, self._next_obs = self._envs, None, None, None
+        if isinstance(envs, gym.vector.AsyncVectorEnv):
+            for process in envs.processes:
+                if process.is_alive():
+                    process.kill()
+            envs.closed = True  # nothing left to close politely; skip gymnasium's close handshake
+            for pipe in envs.parent_pipes:
+                pipe.close()
+        elif envs is not None:
+            envs.close()
+
+    def __enter__(self) -> Rollouts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _step(self, envs: gym.vector.VectorEnv, chunk: np.ndarray, seeds: list[int] | None) -> tuple[Any, Any]:
+        """One tick of every env: (histories, infos); infos["terminated"] / ["truncated"] say which episodes ended."""
+        width = self.spec.latency_steps + self.spec.actions_per_tick
+        if chunk.ndim != 3 or chunk.shape[0] != self.spec.num_envs or chunk.shape[1] < width:
+            raise ValueError(
+                f"the policy must return (N={self.spec.num_envs}, A >= {width}, Da) actions "
+                f"(latency {self.spec.latency_steps} + {self.spec.actions_per_tick} per tick), got {chunk.shape}"
+            )
+        try:
+            obs, _, _, _, infos = envs.step(np.ascontiguousarray(chunk[:, :width], dtype=np.float32))
+            return obs, infos
+        except RolloutError:
+            self._abandon()
+            raise
+        except Exception as exc:  # a worker that raised or died
+            self._abandon()
+            where = f" (seeds {seeds})" if seeds else ""
+            raise RolloutError(
+                f"task {self.spec.task.name}: an env worker failed{where}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    # ------------------------------------------------------------------ evaluation: waves of fixed seeds
+    def evaluate(
+        self,
+        source: PolicyFn,
+        episodes: int,
+        seed: int,
+        video_dir: Path | None = None,
+        videos: int = 0,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """Run `episodes` episodes on seeds seed, seed + 1, ...; per-episode results and per-tick times (ms).
+
+        `source` (histories -> actions) is reset (if it has `reset()`) at the start of every wave.
+        """
+        envs = self._vector(continuous=False)
+        n = self.spec.num_envs
+        results: list[dict[str, Any]] = []
+        ticks_ms: list[float] = []
+        inference_ms: list[float] = []
+        video_paths: list[str] = []
+        for wave_start in range(0, episodes, n):
+            seeds = [seed + wave_start + i for i in range(n)]
+            record = [video_dir is not None and wave_start + i < min(videos, episodes) for i in range(n)]
+            envs.set_attr(
+                "video_path",
+                [str(video_dir / f"episode_{wave_start + i:03d}") if record[i] else None for i in range(n)],
+            )
+            obs, _ = envs.reset(seed=seeds)
+            if hasattr(source, "reset"):
+                source.reset()
+            final: list[dict[str, Any] | None] = [None] * n
+            while any(f is None for f in final):
+                start = time.perf_counter()
+                chunk = np.asarray(_actions(source(obs)))
+                elapsed = (time.perf_counter() - start) * 1000
+                obs, infos = self._step(envs, chunk, seeds)
+                terminated, truncated = infos["terminated"], infos["truncated"]
+                running = max(int(infos["executed"].max()), 1)
+                ticks_ms.append(elapsed + float(infos["select_ms"][:, 0].max()))
+                ticks_ms.extend(float(v) for v in infos["select_ms"][:, 1:running].max(axis=0))
+                inference_ms.append(elapsed)
+                for i in np.flatnonzero(terminated | truncated):
+                    final[i] = _episode(infos, i)
+                    if "episode_video" in infos and infos["_episode_video"][i]:
+                        video_paths.append(str(infos["episode_video"][i]))
+            results.extend(r for r in final[: min(n, episodes - wave_start)] if r is not None)
+            if progress:
+                rate = np.mean([r["success"] for r in results])
+                print(f"  {len(results)}/{episodes} episodes, success so far {rate:.2f}", flush=True)
+        return {"episodes": results, "ticks_ms": ticks_ms, "inference_ms": inference_ms, "videos": sorted(video_paths)}
+
+    # ------------------------------------------------------------------ RL: continuous episodes
+    def collect(self, policy: PolicyFn, ticks: int, seed: int = 0) -> RolloutBatch:
+        """`ticks` control ticks of all N envs; an env whose episode ends resets at once on its next seed.
+
+        The first call resets env j on seed ``seed + j``; later calls continue where the last one stopped
+        (an RL iteration after another). `policy(histories)` returns actions (N, A', Da), or
+        (actions, extras) with extras {name: (N, ...)} stored per tick.
+        """
+        envs = self._vector(continuous=True)
+        n = self.spec.num_envs
+        if self._next_obs is None:
+            self._next_obs, _ = envs.reset(seed=[seed + j for j in range(n)])
+        obs_ticks: list[dict[str, np.ndarray]] = []
+        actions, rewards, terminated, truncated, executed = [], [], [], [], 0
+        final_ticks: list[dict[str, np.ndarray]] = []
+        extras: dict[str, list] = {}
+        episodes: list[dict[str, Any]] = []
+        for _ in range(ticks):
+            obs = self._next_obs
+            out = policy(obs)
+            chunk, extra = out if isinstance(out, tuple) else (out, {})
+            chunk = np.asarray(chunk.detach().cpu() if torch.is_tensor(chunk) else chunk, np.float32)
+            next_obs, infos = self._step(envs, chunk, None)
+            term, trunc = infos["terminated"], infos["truncated"]
+            a, offsets = self.spec.actions_per_tick, infos["offset"]
+            actions.append(np.stack([chunk[i, offsets[i] : offsets[i] + a] for i in range(n)]))
+            obs_ticks.append(obs)
+            rewards.append(np.asarray(infos["rewards"], np.float32))
+            terminated.append(term)
+            truncated.append(trunc)
+            executed += int(infos["executed"].sum())
+            final_ticks.append({k: infos.get(f"final_{k}", np.zeros_like(v)) for k, v in obs.items()})
+            for name, value in extra.items():
+                extras.setdefault(name, []).append(torch.as_tensor(value))
+            episodes.extend(_episode(infos, i) for i in np.flatnonzero(term | trunc))
+            self._next_obs = next_obs
+        batch = RolloutBatch(
+            obs={k: torch.as_tensor(np.stack([o[k] for o in obs_ticks])) for k in obs_ticks[0]},
+            actions=torch.as_tensor(np.stack(actions)),
+            rewards=torch.as_tensor(np.stack(rewards)),
+            reward=torch.as_tensor(np.stack(rewards).sum(axis=2)),
+            terminated=torch.as_tensor(np.stack(terminated)),
+            truncated=torch.as_tensor(np.stack(truncated)),
+            final_obs={k: torch.as_tensor(np.stack([f[k] for f in final_ticks])) for k in final_ticks[0]},
+            next_obs={k: torch.as_tensor(v) for k, v in self._next_obs.items()},
+            extras={k: torch.stack(v) for k, v in extras.items()},
+            episodes=episodes,
+            env_steps=executed,
+        )
+        return batch
+
+
+def _actions(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _episode(infos: dict[str, Any], i: int) -> dict[str, Any]:
+    """The evaluator's per-episode record of env i from a tick's infos."""
+    record = {
+        "seed": int(infos["episode_seed"][i]),
+        "success": bool(infos["episode_success"][i]),
+        "score": float(infos["episode_score"][i]),
+        "steps": int(infos["episode_length"][i]),
+        "return": float(infos["episode_return"][i]),
+    }
+    for key in EXTRA_INFO_KEYS:
+        name = f"episode_{key}"
+        if name in infos and infos[f"_{name}"][i]:
+            record[key] = float(infos[name][i])
+    return record

@@ -1,0 +1,121 @@
+"""The rollout harness: the evaluator's episodes unchanged, batched = per-env, autoreset, termination vs
+truncation, extras stored, worker faults named."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpstack.envs.registry import make_env
+from dpstack.methods import load_policy
+from dpstack.policy.evaluate import EvalSpec, evaluate_policy
+from dpstack.policy.rollout import ChunkEnv, RolloutError, Rollouts, RolloutSpec
+from dpstack.tasks import TaskConfig
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pusht_eval"
+
+
+@pytest.mark.parametrize("label", ["ddim3-2envs", "ddpm10-3envs", "ddim3-apt2-latency1"])
+def test_evaluator_gives_the_same_episodes_as_before_the_harness(label: str) -> None:
+    """Per-episode results recorded with the evaluator of commit 00fcbcc (tests/fixtures/pusht_eval)."""
+    expected = json.loads((FIXTURE / "eval_episodes.json").read_text())
+    case = expected[label]
+    torch.set_num_threads(1)
+    policy = load_policy(FIXTURE / "checkpoint")
+    task = TaskConfig(name="pusht", max_steps=expected["task"]["max_steps"])
+    spec = EvalSpec(task, case["episodes"], case["seed"], case["num_envs"], case["latency_steps"], videos=0)
+    record = evaluate_policy(policy, spec, policy.make_sampler(case["sampler"]))
+    for got, want in zip(record["per_episode"], case["per_episode"], strict=True):
+        assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-6)
+    if case["latency_steps"] == 0:
+        assert record["nfe_per_action"] == pytest.approx(case["nfe_per_action"])
+    else:  # the old loop also called the policy at each wave's last tick for a chunk that never ran:
+        # 16 calls of 3 NFE per 30-tick wave then, 15 now (one per 2-action chunk)
+        assert (case["nfe_per_action"], record["nfe_per_action"]) == pytest.approx((16 * 3 / 30, 15 * 3 / 30))
+
+
+def _scripted(history: dict[str, np.ndarray], chunk: int = 4) -> np.ndarray:
+    """A deterministic policy of the observation: push towards a point that depends on the agent."""
+    agent = history["agent_pos"][:, -1]
+    target = (agent * 0.8 + 60.0)[:, None, :]
+    return np.repeat(target, chunk, axis=1).astype(np.float32)
+
+
+def test_batched_rollouts_equal_one_env_at_a_time() -> None:
+    task = TaskConfig(name="pusht", max_steps=30)
+    with Rollouts(RolloutSpec(task, num_envs=3, n_obs_steps=2, actions_per_tick=4, vectorization="sync")) as batched:
+        together = batched.evaluate(_scripted, episodes=3, seed=7)["episodes"]
+    alone = []
+    for seed in (7, 8, 9):
+        with Rollouts(RolloutSpec(task, num_envs=1, n_obs_steps=2, actions_per_tick=4)) as single:
+            alone += single.evaluate(_scripted, episodes=1, seed=seed)["episodes"]
+    assert together == alone
+    assert [e["seed"] for e in together] == [7, 8, 9] and all(e["steps"] == 30 for e in together)
+
+
+def test_continuous_collect_autoresets_keeps_termination_apart_and_stores_extras() -> None:
+    """Hopper falls (terminated) at different times per env; a 25-step limit truncates the rest."""
+    task = TaskConfig(name="hopper", max_steps=25)
+    spec = RolloutSpec(task, num_envs=3, n_obs_steps=1, actions_per_tick=4, vectorization="sync")
+    rng = np.random.default_rng(0)
+
+    def policy(history: dict[str, np.ndarray]):
+        actions = rng.uniform(-1, 1, (3, 4, 3)).astype(np.float32)
+        return actions, {"log_prob": torch.full((3,), float(history["state"][0, -1, 0]))}
+
+    with Rollouts(spec) as rollouts:
+        batch = rollouts.collect(policy, ticks=20, seed=11)
+        again = rollouts.collect(policy, ticks=2)  # continues where the last call stopped
+    assert batch.obs["state"].shape == (20, 3, 1, 11) and batch.actions.shape == (20, 3, 4, 3)
+    assert batch.rewards.shape == (20, 3, 4) and batch.reward.shape == (20, 3)
+    torch.testing.assert_close(batch.reward, batch.rewards.sum(dim=2))
+    assert batch.extras["log_prob"].shape == (20, 3)
+    torch.testing.assert_close(batch.extras["log_prob"][:, 0], batch.obs["state"][:, 0, -1, 0])
+    assert not (batch.terminated & batch.truncated).any()
+    ended = batch.terminated | batch.truncated
+    assert len(batch.episodes) == int(ended.sum()) > 3
+    for episode in batch.episodes:
+        assert (episode["steps"] == 25) == (episode["steps"] % 4 == 1 and episode["steps"] == 25) or episode[
+            "steps"
+        ] < 25
+    lengths = {e["seed"]: e["steps"] for e in batch.episodes}
+    assert all(s in lengths for s in (11, 12, 13))  # env j starts on seed + j ...
+    assert any(s >= 14 for s in lengths)  # ... and goes on with seed + j + N after an autoreset
+    truncated_lengths = [e["steps"] for e in batch.episodes if e["steps"] == 25]
+    assert int(batch.truncated.sum()) == len(truncated_lengths)
+    # the history after an autoreset is the new episode's first observation, repeated
+    t, i = map(int, torch.nonzero(ended)[0])
+    if t + 1 < 20:
+        first = batch.obs["state"][t + 1, i]
+        assert torch.equal(first[0], first[-1])
+    # the final history of an ended episode is kept for bootstrapping
+    assert batch.final_obs["state"][t, i].abs().sum() > 0
+    assert again.obs["state"].shape == (2, 3, 1, 11)
+    assert batch.env_steps == int((batch.rewards != 0).sum())
+
+
+def test_a_nan_observation_names_the_task_seed_and_key() -> None:
+    env = ChunkEnv(make_env("pointmaze-umaze"), n_obs_steps=1, actions_per_tick=2)
+    env.reset(seed=3)
+    task_env = env.env
+    good = task_env._convert
+    task_env._convert = lambda raw: {**good(raw), "state": np.full(4, np.nan)}  # the simulator's output goes bad
+    with pytest.raises(RolloutError, match=r"task pointmaze-umaze, seed 3, step 1: observation 'state' is not finite"):
+        env.step(np.zeros((2, 2), np.float32))
+
+
+def test_a_dead_worker_is_an_error_naming_the_task() -> None:
+    spec = RolloutSpec(TaskConfig(name="pointmaze-umaze", max_steps=20), num_envs=2, n_obs_steps=1, actions_per_tick=2)
+    rollouts = Rollouts(spec)
+    try:
+        rollouts.collect(lambda h: np.zeros((2, 2, 2), np.float32), ticks=1)
+        os.kill(rollouts._envs.processes[1].pid, 9)
+        with pytest.raises(RolloutError, match="task pointmaze-umaze: an env worker failed"):
+            rollouts.collect(lambda h: np.zeros((2, 2, 2), np.float32), ticks=3)
+    finally:
+        rollouts.close()
