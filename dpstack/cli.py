@@ -28,6 +28,7 @@ COMMANDS = [
     Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
     Command(("train",), "dpstack.commands.train", "train a Diffusion Policy or a Diffuser planner on an episode store"),
     Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
+    Command(("rl", "train"), "dpstack.commands.rl_train", "train a Gaussian policy with PPO in simulation (an expert)"),
     Command(("plan",), "dpstack.commands.plan", "plan a trajectory with a Diffuser checkpoint and render it (PNG)"),
     Command(("export",), "dpstack.commands.export", "export a policy + sampler to ONNX (policy.onnx, policy.json)"),
     Command(

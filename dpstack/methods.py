@@ -2,6 +2,7 @@
 
     diffusion_policy   Diffusion Policy (dpstack.policy.diffusion_policy)
     diffuser           Diffuser trajectory planner (dpstack.planners.diffuser)
+    gaussian           Gaussian MLP policy, trained by PPO (dpstack.policy.rl.gaussian)
 
 It sits above both the policy and the planner layers (it imports them; neither imports it), so
 `dpstack train` and every command that loads a checkpoint build any method through it. Adding a method
@@ -21,8 +22,13 @@ from dpstack.planners.diffuser import DiffuserPlanner
 from dpstack.policy.checkpoint import FORMAT_VERSION, CheckpointError, read_json, read_tensors, resolve_checkpoint
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from dpstack.policy.module import PolicyModule
+from dpstack.policy.rl.gaussian import GaussianPolicy
 
-METHODS: dict[str, type[PolicyModule]] = {"diffusion_policy": DiffusionPolicy, "diffuser": DiffuserPlanner}
+METHODS: dict[str, type[PolicyModule]] = {
+    "diffusion_policy": DiffusionPolicy,
+    "diffuser": DiffuserPlanner,
+    "gaussian": GaussianPolicy,
+}
 
 
 def build_policy(

@@ -31,7 +31,14 @@ from dpstack.data.store import EpisodeStore
 from dpstack.envs.registry import task_spec
 from dpstack.errors import ConfigError, StoreError
 from dpstack.methods import build_policy
-from dpstack.policy.checkpoint import read_json, read_tensors, resolve_checkpoint, save_policy
+from dpstack.policy.checkpoint import (
+    load_optimizer_state,
+    optimizer_state,
+    read_json,
+    read_tensors,
+    resolve_checkpoint,
+    save_policy,
+)
 from dpstack.policy.diffusion_policy import PolicyConfig
 from dpstack.policy.normalizer import Normalizer
 from dpstack.tasks import TaskConfig
@@ -100,24 +107,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n - self.start
-
-
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimizer state as (tensors for safetensors, JSON for the rest)."""
-    state = optimizer.state_dict()
-    tensors = {f"optimizer.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    return tensors, {"param_groups": state["param_groups"]}
-
-
-def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 # ---------------------------------------------------------------------- the trainer

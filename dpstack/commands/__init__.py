@@ -6,11 +6,11 @@ from typing import Any
 
 
 def load_policy_and_sampler(
-    checkpoint: str, sampler_cfg: Any, device: str = "cpu", methods: tuple[str, ...] = ("diffusion_policy", "diffuser")
+    checkpoint: str, sampler_cfg: Any, device: str = "cpu", methods: tuple[str, ...] | None = None
 ) -> tuple[Any, Any, Any]:
     """(policy, its TaskConfig, the sampler `sampler_cfg` names) for a command that acts with a checkpoint.
 
-    `methods`: the policy methods the command supports; another is a clear error.
+    `methods`: the policy methods the command supports (None: every method); another is a clear error.
     """
     from dpstack.errors import ConfigError
     from dpstack.methods import load_policy
@@ -18,7 +18,7 @@ def load_policy_and_sampler(
     from dpstack.tasks import TaskConfig
 
     policy = load_policy(checkpoint, device)
-    if policy.cfg.method not in methods:
+    if methods is not None and policy.cfg.method not in methods:
         raise ConfigError(f"{checkpoint}: a {policy.cfg.method} checkpoint; this command takes {', '.join(methods)}")
     if "task" not in policy.checkpoint_config:
         raise CheckpointError(f"{checkpoint}: config.json has no 'task' entry (not written by dpstack train)")

@@ -91,9 +91,10 @@ def _run_onnx(cfg: Config) -> int:
 
 
 def _report(task_name: str, record: dict, seed: int, cfg: Config) -> None:
+    returns = f", mean return {record['mean_return']:.1f}" if "mean_return" in record else ""
     print(
         f"{task_name} {record['sampler']}: success {record['success_rate']:.2f}, mean score "
-        f"{record['mean_score']:.3f} over {record['episodes']} episodes (seeds {seed}..{seed + cfg.episodes - 1}); "
+        f"{record['mean_score']:.3f}{returns} over {record['episodes']} episodes (seeds {seed}..{seed + cfg.episodes - 1}); "
         f"{record['nfe_per_action']:.2f} NFE/action, tick p50 {record['tick_ms_p50']:.2f} ms, "
         f"p99 {record['tick_ms_p99']:.1f} ms, {record['backend']} -> {Path(cfg.out) / 'eval.json'}"
     )

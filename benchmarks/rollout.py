@@ -1,0 +1,148 @@
+"""Rollout harness throughput: env steps per second, policy calls excluded, against the bare simulators.
+
+For each task and N (environments), measured side by side in one run (median of `--repeats`):
+
+- bare: a gymnasium vector env of the task envs (same N, async = one worker process per env, or sync)
+  stepped one action per step with constant actions: the simulators' own rate with that worker layout;
+- harness: `Rollouts.collect` with a policy that returns a constant chunk (8 actions per tick for
+  Push-T, 1 for Hopper; the rollout layer's bookkeeping included, the network excluded);
+- old eval path: the evaluator loop before the harness (vector env stepped per tick, one shared
+  `RecedingHorizon`), with the same constant chunk source.
+
+    python -m benchmarks.rollout [--tasks pusht,hopper] [--envs 1,8,16,32] [--steps 4000]
+
+Writes benchmarks/results/rollout.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from benchmarks.report import write_results
+from dpstack.envs.registry import make_env, task_spec
+from dpstack.policy.execution import RecedingHorizon
+from dpstack.policy.rollout import Rollouts, RolloutSpec
+from dpstack.tasks import TaskConfig
+
+CHUNK = {"pusht": 8, "hopper": 1}
+
+
+def _vector(task: TaskConfig, n: int, mode: str) -> gym.vector.VectorEnv:
+    fns = [lambda: make_env(task)] * n
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def _constant_action(task: TaskConfig) -> np.ndarray:
+    spec = task_spec(task)
+    return (np.asarray(spec.action_low) + np.asarray(spec.action_high)) / 2
+
+
+def bare(task: TaskConfig, n: int, mode: str, steps: int) -> float:
+    envs = _vector(task, n, mode)
+    action = np.repeat(_constant_action(task)[None], n, 0).astype(np.float32)
+    envs.reset(seed=0)
+    envs.step(action)  # warm-up (worker start, first step)
+    ticks = max(1, steps // n)
+    start = time.perf_counter()
+    for _ in range(ticks):
+        envs.step(action)
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return ticks * n / elapsed
+
+
+def harness(task: TaskConfig, n: int, mode: str, steps: int) -> float:
+    chunk_len = CHUNK[task.name]
+    spec = RolloutSpec(task, n, n_obs_steps=2, actions_per_tick=chunk_len, vectorization=mode)
+    chunk = np.repeat(np.repeat(_constant_action(task)[None, None], chunk_len, 1), n, 0).astype(np.float32)
+    with Rollouts(spec) as rollouts:
+        rollouts.collect(lambda h: chunk, ticks=1)  # warm-up
+        ticks = max(1, steps // (n * chunk_len))
+        start = time.perf_counter()
+        batch = rollouts.collect(lambda h: chunk, ticks=ticks)
+        elapsed = time.perf_counter() - start
+    return batch.env_steps / elapsed
+
+
+def old_eval_path(task: TaskConfig, n: int, mode: str, steps: int) -> float:
+    """The evaluator's loop before the harness: per-tick vector steps through one RecedingHorizon."""
+    chunk_len = CHUNK[task.name]
+    envs = _vector(task, n, mode)
+    chunk = np.repeat(np.repeat(_constant_action(task)[None, None], chunk_len, 1), n, 0).astype(np.float32)
+    controller = RecedingHorizon(lambda h: chunk, 2, chunk_len)
+    obs, _ = envs.reset(seed=0)
+    obs, *_ = envs.step(controller.select_action(obs))
+    ticks = max(1, steps // n)
+    start = time.perf_counter()
+    for _ in range(ticks):
+        obs, *_ = envs.step(controller.select_action(obs))
+    elapsed = time.perf_counter() - start
+    envs.close()
+    return ticks * n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="pusht,hopper")
+    parser.add_argument("--envs", default="1,8,16,32")
+    parser.add_argument("--modes", default="sync,async")
+    parser.add_argument("--steps", type=int, default=4000, help="env steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    rows = []
+    for name in args.tasks.split(","):
+        task = TaskConfig(name=name, max_steps=300 if name == "pusht" else None)
+        for n in (int(v) for v in args.envs.split(",")):
+            for mode in args.modes.split(","):
+                if mode == "async" and n == 1:
+                    continue
+                runs = {"bare": [], "harness": [], "old": []}
+                for _ in range(args.repeats):  # interleaved, so drift hits all three alike
+                    runs["bare"].append(bare(task, n, mode, args.steps))
+                    runs["harness"].append(harness(task, n, mode, args.steps))
+                    runs["old"].append(old_eval_path(task, n, mode, args.steps))
+                row = {
+                    "task": name,
+                    "num_envs": n,
+                    "mode": mode,
+                    **{f"{k}_sps": statistics.median(v) for k, v in runs.items()},
+                }
+                row["bare_over_harness"] = row["bare_sps"] / row["harness_sps"]
+                row["harness_over_old"] = row["harness_sps"] / row["old_sps"]
+                row["runs"] = runs
+                print(row, flush=True)
+                rows.append(row)
+    columns = [
+        ("task", "task"),
+        ("N", "num_envs"),
+        ("workers", "mode"),
+        ("bare sim steps/s", "bare_sps"),
+        ("harness steps/s", "harness_sps"),
+        ("old eval path steps/s", "old_sps"),
+        ("bare / harness", "bare_over_harness"),
+        ("harness / old", "harness_over_old"),
+    ]
+    meta = {
+        "command": "python -m benchmarks.rollout "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "note": "medians of interleaved repeats; constant actions, no network: the rollout layer's own cost",
+    }
+    write_results(args.out, "rollout", rows, columns, meta)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""A Gaussian MLP policy with a value head: what Gaussian PPO trains and the baseline DPPO compares with.
+
+Method ``gaussian`` of `dpstack.methods`: its checkpoints are ordinary dpstack checkpoints (safetensors +
+config.json) that `dpstack eval` runs with the deterministic mean action (``sampler=gaussian``,
+``sampler.deterministic=false`` samples). The actor maps the normalized observation to the mean of a
+Gaussian over actions in [-1, 1]^Da (state-independent log-std); actions are scaled to the task's
+limits, so one policy serves any action range. Observation normalization (running mean and variance,
+updated from rollouts) lives in the module's buffers and so in the checkpoint: evaluation sees exactly
+the statistics training used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpstack.features import Feature
+from dpstack.policy.module import PolicyModule
+
+
+@dataclass
+class GaussianOptions:
+    """`policy.method_kwargs` of a Gaussian policy."""
+
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    init_log_std: float = 0.0
+    action_low: list[float] | None = None  # the task's limits (filled from the task spec at training)
+    action_high: list[float] | None = None
+
+
+@dataclass
+class GaussianSamplerOptions:
+    """`sampler=gaussian`: the mean action (deterministic, evaluation's default) or a sample."""
+
+    name: str = "gaussian"
+    deterministic: bool = field(default=True, metadata={"help": "act with the mean (false: sample)"})
+
+
+@dataclass(frozen=True)
+class GaussianSampler:
+    deterministic: bool = True
+    actions_per_tick: int = 1
+    stateful: bool = False
+
+    @property
+    def name(self) -> str:
+        return "gaussian-mean" if self.deterministic else "gaussian-sample"
+
+    def chunk_length(self, horizon: int) -> int:
+        return 1
+
+
+class RunningNorm(nn.Module):
+    """Running mean and variance of a feature vector (parallel-variance updates), kept in buffers."""
+
+    def __init__(self, dim: int, clip: float = 10.0) -> None:
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.fill_(float(total))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalized = (x.double() - self.mean) / torch.sqrt(self.var + 1e-8)
+        return normalized.clamp(-self.clip, self.clip).float()
+
+
+def _mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        linear = nn.Linear(a, b)
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers += [linear] if last else [linear, nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(PolicyModule):
+    """obs {key: (B, To, ...)} (the last step is used) -> Normal(mean (B, Da), std (Da,)) and V (B,)."""
+
+    def __init__(
+        self, cfg: Any, obs_features: Mapping[str, Feature], action_feature: Feature, normalizer: Any = None
+    ) -> None:
+        super().__init__()
+        try:
+            self.options = GaussianOptions(**cfg.method_kwargs)
+        except TypeError as exc:
+            raise ValueError(
+                f"policy.method_kwargs: {exc}; valid keys: {', '.join(GaussianOptions.__dataclass_fields__)}"
+            ) from None
+        if any(f.dtype == "uint8" for f in obs_features.values()):
+            raise ValueError("the Gaussian MLP policy takes low-dimensional observations only (no images)")
+        self.cfg, self.obs_features, self.action_feature = cfg, dict(obs_features), action_feature
+        self.keys = sorted(obs_features)
+        obs_dim = sum(int(np.prod(obs_features[k].shape)) for k in self.keys)
+        act_dim = int(np.prod(action_feature.shape))
+        self.action_dim = act_dim
+        self.obs_norm = RunningNorm(obs_dim)
+        self.actor = _mlp([obs_dim, *self.options.hidden, act_dim], out_gain=0.01)
+        self.critic = _mlp([obs_dim, *self.options.hidden, 1], out_gain=1.0)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(self.options.init_log_std)))
+        low = self.options.action_low or [-1.0] * act_dim
+        high = self.options.action_high or [1.0] * act_dim
+        self.register_buffer("action_low", torch.tensor(low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.tensor(high, dtype=torch.float32))
+
+    # ------------------------------------------------------------------ the math PPO needs
+    def flat_obs(self, obs: Mapping[str, Any]) -> torch.Tensor:
+        """{key: (..., To, *shape)} -> (..., obs_dim): the raw features of the newest step, concatenated."""
+        parts = []
+        for key in self.keys:
+            x = torch.as_tensor(obs[key]).float()
+            dims = len(self.obs_features[key].shape)
+            x = x.select(-dims - 1, -1)  # the newest of the To steps
+            parts.append(x.reshape(*x.shape[: x.dim() - dims], -1))
+        return torch.cat(parts, dim=-1)
+
+    def distribution(self, flat: torch.Tensor) -> torch.distributions.Normal:
+        """Normal over normalized actions u in (roughly) [-1, 1]^Da for raw flat observations (..., obs_dim)."""
+        mean = self.actor(self.obs_norm(flat))
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def value(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.obs_norm(flat)).squeeze(-1)
+
+    def to_action(self, u: torch.Tensor) -> torch.Tensor:
+        """Normalized u -> the task's action units (the env clips to its limits)."""
+        return self.action_low + (u + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    # ------------------------------------------------------------------ the policy interface
+    SAMPLERS: ClassVar[dict[str, type]] = {"gaussian": GaussianSamplerOptions}
+
+    def default_sampler_options(self) -> dict[str, Any]:
+        return {"name": "gaussian"}
+
+    def make_sampler(self, options: Any = None) -> GaussianSampler:
+        return GaussianSampler(self.sampler_options(options).deterministic)
+
+    def default_sampler(self) -> GaussianSampler:
+        return self.make_sampler()
+
+    def actions_per_tick(self, sampler: GaussianSampler) -> int:
+        return 1
+
+    def session(self, sampler: GaussianSampler | None = None, generator: torch.Generator | None = None) -> Any:
+        return GaussianSession(self, sampler or self.default_sampler(), generator)
+
+    def data_timing(self) -> dict[str, int]:
+        return {"horizon": 1, "n_obs_steps": 1, "n_action_steps": 1}
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Behaviour cloning (the baseline's pretraining): negative log-likelihood of the demonstrated actions."""
+        flat = self.flat_obs({k: batch[k] for k in self.keys})
+        act = batch["action"][:, 0] if batch["action"].dim() == 3 else batch["action"]
+        u = 2.0 * (act - self.action_low) / (self.action_high - self.action_low) - 1.0
+        loss = -self.distribution(flat).log_prob(u).sum(-1).mean()
+        return loss, {"nll": float(loss)}
+
+
+class GaussianSession:
+    """One episode of acting: a chunk source (history -> (B, 1, Da) raw actions) that counts its calls."""
+
+    def __init__(self, policy: GaussianPolicy, sampler: GaussianSampler, generator: torch.Generator | None) -> None:
+        self.policy, self.sampler, self.generator = policy, sampler, generator
+        self.actions_per_tick = 1
+        self.network_evaluations = 0
+
+    def reset(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def __call__(self, history: Mapping[str, np.ndarray]) -> np.ndarray:
+        self.network_evaluations += 1
+        dist = self.policy.distribution(self.policy.flat_obs(history).to(self.policy.action_low.device))
+        u = dist.mean if self.sampler.deterministic else dist.sample() if self.generator is None else (
+            dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
+        )  # fmt: skip
+        return self.policy.to_action(u).cpu().numpy()[:, None]
