@@ -92,7 +92,8 @@ def _worker_episode(args: tuple[int, float]) -> EpisodeResult:
     return run_expert_episode(_worker_env, _worker_task, seed, noise)
 
 
-def _check_compatible(store: EpisodeStore, settings: dict[str, Any]) -> dict[str, Any]:
+def check_compatible(store: EpisodeStore, settings: dict[str, Any]) -> dict[str, Any]:
+    """The store's earlier collection settings; an error naming the first one that differs from `settings`."""
     previous = store.info()["attrs"].get("collect")
     if previous is None:
         if store.n_episodes:
@@ -137,7 +138,7 @@ def collect(
         "seed": seed,
         "env": dict(task.env),  # env arguments such as reset_target change the data too
     }
-    record = _check_compatible(store, settings)
+    record = check_compatible(store, settings)
     done_seeds = set(np.unique(store.read("seed")).tolist()) if store.n_episodes else set()
     failed_seeds = set(record.get("failed_seeds", []))
     needed = episodes - store.n_episodes

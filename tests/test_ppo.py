@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from dpstack.data.store import EpisodeStore
 from dpstack.methods import load_policy
 from dpstack.policy.rl.gaussian import RunningNorm
 from dpstack.policy.rl.losses import approx_kl, clip_fraction, clipped_surrogate, explained_variance, gae, value_loss
@@ -95,6 +97,20 @@ def test_ppo_improves_hopper_return_and_its_policy_evaluates(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert record["sampler"] == "gaussian-mean" and record["nfe_per_action"] == 1.0 and "mean_return" in record
+    # the trained policy as the expert of a D4RL-style store: whole episodes, ends marked per step
+    store_path = tmp_path / "medium.zarr"
+    args = [f"expert={tmp_path / 'run'}", "task=hopper", f"out={store_path}", "steps=1500", "num_envs=3"]
+    result = subprocess.run([DPSTACK, "collect", *args, "progress=false"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    store = EpisodeStore.open(store_path)
+    assert store.n_steps >= 1500 and {"reward", "terminated", "truncated", "seed", "action", "state"} <= set(store.keys)
+    ends = store.episode_ends
+    for key in ("terminated", "truncated"):
+        flags = store.read(key)
+        assert not flags[np.setdiff1d(np.arange(store.n_steps), ends - 1)].any()  # only an episode's last step
+    last = store.read("terminated")[ends - 1] | store.read("truncated")[ends - 1]
+    assert last.all()  # every stored episode is whole
+    assert len(set(store.read("seed")[ends - 1].tolist())) == store.n_episodes  # one seed per episode
 
 
 def test_sigkill_then_resume_continues_at_the_same_iteration(tmp_path: Path) -> None:

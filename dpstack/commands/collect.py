@@ -1,7 +1,9 @@
 """Collect expert demonstrations of a task into an episode store.
 
 Runs the task's scripted expert on seeds seed, seed+1, ... in `workers` processes, keeps successful
-episodes (all with keep_failed=true) and appends each whole episode to `out`. Interrupt it at any
+episodes (all with keep_failed=true) and appends each whole episode to `out`. With expert=<checkpoint>
+a trained policy acts instead (the locomotion experts of `dpstack rl train`): whole episodes until the
+store holds `steps` env steps, with reward, terminated and truncated per step (D4RL-style). Interrupt it at any
 time and run the same command again to resume: stored and failed seeds are skipped, nothing is
 duplicated or lost. noise > 0 makes a deliberately weaker dataset (Gaussian action noise).
 """
@@ -25,10 +27,18 @@ class Config:
     workers: int = field(default=1, metadata={"help": "parallel worker processes"})
     noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise added to expert actions"})
     keep_failed: bool = field(default=False, metadata={"help": "also store episodes that did not succeed"})
+    expert: str | None = field(
+        default=None, metadata={"help": "a trained checkpoint that acts as the expert instead of a scripted one"}
+    )
+    steps: int = field(default=1_000_000, metadata={"help": "with expert: env steps to have in the store when done"})
+    num_envs: int = field(default=8, metadata={"help": "with expert: parallel environments"})
+    deterministic: bool = field(default=False, metadata={"help": "with expert: its mean action instead of a sample"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 
 def run(cfg: Config) -> int:
+    if cfg.expert is not None:
+        return _run_policy(cfg)
     from dpstack.envs.collect import collect
 
     summary = collect(
@@ -48,4 +58,23 @@ def run(cfg: Config) -> int:
             "run the same command again to resume"
         )
         return 130
+    return 0
+
+
+def _run_policy(cfg: Config) -> int:
+    from dpstack.errors import ConfigError
+    from dpstack.methods import load_policy
+    from dpstack.policy.demonstrations import collect_from_policy
+
+    policy = load_policy(cfg.expert)
+    trained_on = policy.checkpoint_config.get("task", {}).get("name")
+    if trained_on != cfg.task.name:
+        raise ConfigError(
+            f"{cfg.expert}: trained on task {trained_on!r}, not {cfg.task.name!r} (give task={trained_on})"
+        )
+    summary = collect_from_policy(
+        policy, cfg.expert, cfg.task, cfg.out, cfg.steps, cfg.num_envs, cfg.seed, cfg.deterministic,
+        progress=cfg.progress,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2))
     return 0

@@ -243,7 +243,7 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
                 "score": float(np.mean([e["score"] for e in batch.episodes])) if batch.episodes else math.nan,
                 **{k: float(np.mean(v)) for k, v in stats.items()},
                 "explained_variance": explained_variance(b_val, b_ret),
-                "std": float(policy.log_std.exp().mean()),
+                "std": float(policy.log_std.detach().exp().mean()),
                 "lr": optimizer.param_groups[0]["lr"],
                 "sps": batch.env_steps / (rollout_s + update_s),
                 "rollout_s": rollout_s,
