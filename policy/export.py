@@ -11,6 +11,9 @@ Files in the export directory:
                      their own sampling loop (normalized action space; see policy.json "normalizer")
   policy.json        everything a runtime needs to feed and check these graphs (see `metadata`)
 
+Any policy with `sample_tick(obs, sampler, state, noise)` exports (Diffusion Policy and the Gaussian
+policy of PPO); condition.onnx and denoiser.onnx exist for diffusion policies only.
+
 Noise is an input of every tick graph, so a run can be replayed exactly; the batch axis is dynamic.
 `policy/runtime.py` runs the export with numpy + onnxruntime only.
 """
@@ -133,6 +136,38 @@ def _io(names: list[str], tensors: Sequence[torch.Tensor], batch_axis: dict[str,
     ]
 
 
+def _export_denoiser(policy: DiffusionPolicy, obs: dict[str, torch.Tensor], out: Path, opset: int) -> dict[str, Any]:
+    """condition.onnx and denoiser.onnx of a diffusion policy (for users who run their own sampling loop)."""
+    obs_keys = list(obs)
+    cond = policy.condition(obs)
+    _export(
+        ConditionGraph(policy, obs_keys),
+        tuple(obs.values()),
+        out / "condition.onnx",
+        obs_keys,
+        ["cond"],
+        dict.fromkeys([*obs_keys, "cond"], 0),
+        opset,
+    )
+    sample, timesteps = torch.zeros(2, policy.cfg.horizon, policy.action_dim), torch.zeros(2, dtype=torch.long)
+    _export(
+        policy.denoiser,
+        (sample, timesteps, cond),
+        out / "denoiser.onnx",
+        ["sample", "timesteps", "cond"],
+        ["prediction"],
+        {"sample": 0, "timesteps": 0, "cond": 0, "prediction": 0},
+        opset,
+    )
+    return {
+        "condition": {
+            "file": "condition.onnx",
+            "inputs": _io(obs_keys, list(obs.values()), dict.fromkeys(obs_keys, 0)),
+        },
+        "denoiser": {"file": "denoiser.onnx", "timesteps": "int64 (B,) or (B, horizon); -1 is never passed"},
+    }
+
+
 @torch.no_grad()
 def export_policy(
     policy: DiffusionPolicy,
@@ -187,32 +222,8 @@ def export_policy(
     tick_graph("policy.onnx", "tick", start=not stateful)  # a stateless sampler's every tick is a first tick
     if stateful:
         tick_graph("policy_start.onnx", "start", start=True)
-    cond = policy.condition(obs)
-    _export(
-        ConditionGraph(policy, obs_keys),
-        tuple(obs.values()),
-        out / "condition.onnx",
-        obs_keys,
-        ["cond"],
-        dict.fromkeys([*obs_keys, "cond"], 0),
-        opset,
-    )
-    sample, timesteps = torch.zeros(2, horizon, action_dim), torch.zeros(2, dtype=torch.long)
-    _export(
-        policy.denoiser,
-        (sample, timesteps, cond),
-        out / "denoiser.onnx",
-        ["sample", "timesteps", "cond"],
-        ["prediction"],
-        {"sample": 0, "timesteps": 0, "cond": 0, "prediction": 0},
-        opset,
-    )
-    graphs["condition"] = {
-        "file": "condition.onnx",
-        "inputs": _io(obs_keys, list(obs.values()), dict.fromkeys(obs_keys, 0)),
-    }
-    graphs["denoiser"] = {"file": "denoiser.onnx", "timesteps": "int64 (B,) or (B, horizon); -1 is never passed"}
-    scale, offset = policy.normalizer.params("action")
+    if hasattr(policy, "denoiser"):
+        graphs.update(_export_denoiser(policy, obs, out, opset))
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -247,11 +258,14 @@ def export_policy(
             for n in state_names
         ],
         "graphs": graphs,
-        "normalizer": {
-            "action": {"scale": scale.tolist(), "offset": offset.tolist(), "unnormalize": "raw = (x - offset) / scale"}
-        },
         "policy": asdict(policy.cfg),
     }
+    if hasattr(policy, "normalizer"):  # the denoiser's action space, for users of denoiser.onnx
+        scale, offset = policy.normalizer.params("action")
+        unnormalize = "raw = (x - offset) / scale"
+        metadata["normalizer"] = {
+            "action": {"scale": scale.tolist(), "offset": offset.tolist(), "unnormalize": unnormalize}
+        }
     (out / "policy.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return metadata
 
@@ -269,7 +283,8 @@ def parity_check(
 
     runtime = OnnxPolicy(model_dir)
     rng = np.random.default_rng(seed)
-    scale = policy.normalizer.params("action")[0].numpy()
+    has_normalizer = hasattr(policy, "normalizer")
+    scale = (policy.normalizer.params("action")[0] if has_normalizer else policy.normalized_action_scale()).numpy()
     state, worst = None, {"raw": 0.0, "normalized": 0.0}
     for _ in range(ticks):
         history = {}
@@ -277,6 +292,8 @@ def parity_check(
             shape = (batch, policy.cfg.n_obs_steps, *feature.shape)
             if feature.dtype == "uint8":
                 history[key] = rng.integers(0, 256, shape, dtype=np.uint8)
+            elif not has_normalizer:  # a policy that normalizes by running statistics: standard draws
+                history[key] = rng.standard_normal(shape).astype(np.float32)
             else:  # inside the normalizer's range, where the training data lay
                 s, o = (t.numpy() for t in policy.normalizer.params(key))
                 history[key] = ((rng.uniform(-1, 1, shape) - o) / s).astype(np.float32)

@@ -20,6 +20,8 @@ from dpstack.methods import load_policy
 from dpstack.policy.rl.gaussian import RunningNorm
 from dpstack.policy.rl.losses import approx_kl, clip_fraction, clipped_surrogate, explained_variance, gae, value_loss
 from dpstack.policy.rl.ppo import PPOConfig, train
+from dpstack.policy.rollout import Rollouts, RolloutSpec
+from dpstack.policy.runtime import OnnxPolicy
 from dpstack.tasks import TaskConfig
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
@@ -97,6 +99,30 @@ def test_ppo_improves_hopper_return_and_its_policy_evaluates(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert record["sampler"] == "gaussian-mean" and record["nfe_per_action"] == 1.0 and "mean_return" in record
+    # the same checkpoint exports to ONNX (parity checked by the command) and runs through the runtime and ROS 2
+    onnx = tmp_path / "onnx"
+    result = subprocess.run(
+        [DPSTACK, "export", f"checkpoint={tmp_path / 'run'}", f"out={onnx}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split("max abs diff ")[1].split()[0]) <= 1e-4
+    loop_args = [
+        f"model={onnx}",
+        "task=hopper",
+        "task.max_steps=60",
+        "episodes=1",
+        "real_time_factor=0",
+        f"out={tmp_path / 'loop'}",
+    ]
+    loop = subprocess.run([DPSTACK, "ros", "loop", *loop_args], capture_output=True, text=True, timeout=300)
+    assert loop.returncode == 0, loop.stdout + loop.stderr
+    over_ros = json.loads((tmp_path / "loop" / "eval.json").read_text())["per_episode"][0]
+    with Rollouts(RolloutSpec(TaskConfig(name="hopper", max_steps=60), 1, 1, 1)) as rollouts:
+        direct = rollouts.evaluate(OnnxPolicy(onnx), episodes=1, seed=100000)["episodes"][0]
+    assert over_ros["steps"] == direct["steps"] and over_ros["score"] == pytest.approx(direct["score"], abs=1e-4)
     # the trained policy as the expert of a D4RL-style store: whole episodes, ends marked per step
     store_path = tmp_path / "medium.zarr"
     args = [f"expert={tmp_path / 'run'}", "task=hopper", f"out={store_path}", "steps=1500", "num_envs=3"]

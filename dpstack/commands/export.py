@@ -38,7 +38,9 @@ def run(cfg: Config) -> int:
     from dpstack.errors import ConfigError
     from dpstack.policy.export import export_policy, parity_check
 
-    policy, task, sampler = load_policy_and_sampler(cfg.checkpoint, cfg.sampler, methods=("diffusion_policy",))
+    policy, task, sampler = load_policy_and_sampler(
+        cfg.checkpoint, cfg.sampler, methods=("diffusion_policy", "gaussian")
+    )
     calls = max(sampler.nfe(None), sampler.nfe({}) if sampler.stateful else 0)
     if calls > cfg.max_calls:
         raise ConfigError(

@@ -56,6 +56,12 @@ class GaussianSampler:
     def chunk_length(self, horizon: int) -> int:
         return 1
 
+    def nfe(self, state: Any) -> int:
+        return 1
+
+    def noise_shape(self, batch: int, horizon: int, action_dim: int, state: Any = None) -> tuple[int, ...]:
+        return (1, batch, 1, action_dim)  # one draw per tick; steps first, batch second, like every sampler
+
 
 class RunningNorm(nn.Module):
     """Running mean and variance of a feature vector (parallel-variance updates), kept in buffers."""
@@ -165,6 +171,24 @@ class GaussianPolicy(PolicyModule):
     def data_timing(self) -> dict[str, int]:
         return {"horizon": 1, "n_obs_steps": 1, "n_action_steps": 1}
 
+    @torch.no_grad()
+    def sample_tick(
+        self, obs: Mapping[str, torch.Tensor], sampler: GaussianSampler, state: Any = None, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, None]:
+        """One control tick (the ONNX export's tick graph): history -> (raw actions (B, 1, Da), no state).
+
+        The mean action, or with a sampling sampler mean + std * noise[0] (noise (1, B, 1, Da), drawn if None).
+        """
+        u = self.actor(self.obs_norm(self.flat_obs(obs)))[:, None]  # no torch.distributions: it exports
+        if not sampler.deterministic:
+            noise = torch.randn((1, *u.shape)) if noise is None else noise
+            u = u + self.log_std.exp() * noise[0]
+        return self.to_action(u), None
+
+    def normalized_action_scale(self) -> torch.Tensor:
+        """Raw action units -> the [-1, 1] units the policy acts in (parity bounds of the export)."""
+        return 2.0 / (self.action_high - self.action_low)
+
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Behaviour cloning (the baseline's pretraining): negative log-likelihood of the demonstrated actions."""
         flat = self.flat_obs({k: batch[k] for k in self.keys})
@@ -185,11 +209,11 @@ class GaussianSession:
     def reset(self) -> None:
         pass
 
-    @torch.no_grad()
     def __call__(self, history: Mapping[str, np.ndarray]) -> np.ndarray:
         self.network_evaluations += 1
-        dist = self.policy.distribution(self.policy.flat_obs(history).to(self.policy.action_low.device))
-        u = dist.mean if self.sampler.deterministic else dist.sample() if self.generator is None else (
-            dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self.generator)
-        )  # fmt: skip
-        return self.policy.to_action(u).cpu().numpy()[:, None]
+        obs = {k: torch.as_tensor(v) for k, v in history.items()}
+        noise = None
+        if not self.sampler.deterministic:
+            shape = self.sampler.noise_shape(len(next(iter(obs.values()))), 1, self.policy.action_dim)
+            noise = torch.randn(shape, generator=self.generator)
+        return self.policy.sample_tick(obs, self.sampler, None, noise)[0].cpu().numpy()
