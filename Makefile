@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-planners clean
+.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-planners bench-rollout bench-rl clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -65,6 +65,12 @@ bench-ros: setup
 
 bench-planners: setup
 	$(PY) -m benchmarks.planners
+
+bench-rollout: setup
+	$(PY) -m benchmarks.rollout
+
+bench-rl: setup
+	$(PY) -m benchmarks.rl
 
 bench: bench-data bench-experts
 
