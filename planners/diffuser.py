@@ -36,7 +36,7 @@ from dpstack.planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
 from dpstack.planners.value import TrajectoryValue
 from dpstack.policy.denoisers import DENOISERS
 from dpstack.policy.denoisers import unet1d as unet_presets
-from dpstack.policy.module import PolicyModule
+from dpstack.policy.module import PolicyModule, method_options
 from dpstack.policy.normalizer import Normalizer
 
 
@@ -136,12 +136,7 @@ class DiffuserPlanner(PolicyModule):
         normalizer: Normalizer | None = None,
     ) -> None:
         super().__init__()
-        try:
-            self.options = DiffuserOptions(**cfg.method_kwargs)
-        except TypeError as exc:
-            raise ValueError(
-                f"policy.method_kwargs: {exc}; valid keys: {', '.join(DiffuserOptions.__dataclass_fields__)}"
-            ) from None
+        self.options = method_options(DiffuserOptions, cfg)
         opts = self.options
         for key in (opts.state_key, opts.goal_key):
             if key and key not in obs_features:

@@ -21,6 +21,15 @@ from dpstack.features import Feature
 from dpstack.policy.execution import RecedingHorizon
 
 
+def method_options(options_type: type, cfg: Any) -> Any:
+    """`cfg.method_kwargs` as the method's options dataclass; an unknown key is an error listing the valid ones."""
+    try:
+        return options_type(**cfg.method_kwargs)
+    except TypeError as exc:
+        valid = ", ".join(options_type.__dataclass_fields__)
+        raise ValueError(f"policy.method_kwargs: {exc}; valid keys: {valid}") from None
+
+
 class PolicyModule(nn.Module):
     """What every method shares: `reset()` + `select_action(obs)` over its `session()`, and `config_dict()`.
 

@@ -376,7 +376,8 @@ class Rollouts:
         envs = self._vector(continuous=True)
         n = self.spec.num_envs
         if self._next_obs is None:
-            self._next_obs, _ = envs.reset(seed=[seed + j for j in range(n)])
+            self._seeds = [seed + j for j in range(n)]  # each env's current episode, for error messages
+            self._next_obs, _ = envs.reset(seed=self._seeds)
         obs_ticks: list[dict[str, np.ndarray]] = []
         actions, rewards, terminated, truncated, executed = [], [], [], [], 0
         final_ticks: list[dict[str, np.ndarray]] = []
@@ -387,7 +388,7 @@ class Rollouts:
             out = policy(obs)
             chunk, extra = out if isinstance(out, tuple) else (out, {})
             chunk = np.asarray(chunk.detach().cpu() if torch.is_tensor(chunk) else chunk, np.float32)
-            next_obs, infos = self._step(envs, chunk, None)
+            next_obs, infos = self._step(envs, chunk, self._seeds)
             term, trunc = infos["terminated"], infos["truncated"]
             a, offsets = self.spec.actions_per_tick, infos["offset"]
             actions.append(np.stack([chunk[i, offsets[i] : offsets[i] + a] for i in range(n)]))
@@ -399,7 +400,9 @@ class Rollouts:
             final_ticks.append({k: infos.get(f"final_{k}", np.zeros_like(v)) for k, v in obs.items()})
             for name, value in extra.items():
                 extras.setdefault(name, []).append(torch.as_tensor(value))
-            episodes.extend(_episode(infos, i) for i in np.flatnonzero(term | trunc))
+            for i in np.flatnonzero(term | trunc):
+                episodes.append(_episode(infos, i))
+                self._seeds[i] = episodes[-1]["seed"] + n
             self._next_obs = next_obs
         batch = RolloutBatch(
             obs={k: torch.as_tensor(np.stack([o[k] for o in obs_ticks])) for k in obs_ticks[0]},

@@ -115,7 +115,7 @@ def test_a_dead_worker_is_an_error_naming_the_task() -> None:
     try:
         rollouts.collect(lambda h: np.zeros((2, 2, 2), np.float32), ticks=1)
         os.kill(rollouts._envs.processes[1].pid, 9)
-        with pytest.raises(RolloutError, match="task pointmaze-umaze: an env worker failed"):
+        with pytest.raises(RolloutError, match=r"task pointmaze-umaze: an env worker failed \(seeds \[0, 1\]\)"):
             rollouts.collect(lambda h: np.zeros((2, 2, 2), np.float32), ticks=3)
     finally:
         rollouts.close()

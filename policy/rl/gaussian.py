@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dpstack.features import Feature
-from dpstack.policy.module import PolicyModule
+from dpstack.policy.module import PolicyModule, method_options
 
 
 @dataclass
@@ -105,12 +105,7 @@ class GaussianPolicy(PolicyModule):
         self, cfg: Any, obs_features: Mapping[str, Feature], action_feature: Feature, normalizer: Any = None
     ) -> None:
         super().__init__()
-        try:
-            self.options = GaussianOptions(**cfg.method_kwargs)
-        except TypeError as exc:
-            raise ValueError(
-                f"policy.method_kwargs: {exc}; valid keys: {', '.join(GaussianOptions.__dataclass_fields__)}"
-            ) from None
+        self.options = method_options(GaussianOptions, cfg)
         if any(f.dtype == "uint8" for f in obs_features.values()):
             raise ValueError("the Gaussian MLP policy takes low-dimensional observations only (no images)")
         self.cfg, self.obs_features, self.action_feature = cfg, dict(obs_features), action_feature
@@ -173,7 +168,11 @@ class GaussianPolicy(PolicyModule):
 
     @torch.no_grad()
     def sample_tick(
-        self, obs: Mapping[str, torch.Tensor], sampler: GaussianSampler, state: Any = None, noise: torch.Tensor | None = None
+        self,
+        obs: Mapping[str, torch.Tensor],
+        sampler: GaussianSampler,
+        state: Any = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, None]:
         """One control tick (the ONNX export's tick graph): history -> (raw actions (B, 1, Da), no state).
 
