@@ -19,7 +19,6 @@ worker thread in place of the inline call.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -38,28 +37,40 @@ ChunkFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 class ObservationHistory:
-    """The last `n_obs_steps` observations {key: (B, ...)}; stacked as {key: (B, n_obs_steps, ...)}."""
+    """The last `n_obs_steps` observations {key: (B, ...)}; stacked as {key: (B, n_obs_steps, ...)}.
+
+    Kept in one preallocated (B, n_obs_steps, ...) array per key (a control tick copies, never stacks).
+    """
 
     def __init__(self, n_obs_steps: int) -> None:
         self.n_obs_steps = n_obs_steps
-        self._steps: deque[dict[str, np.ndarray]] = deque(maxlen=n_obs_steps)
+        self._buffers: dict[str, np.ndarray] = {}
 
     def clear(self) -> None:
-        self._steps.clear()
+        self._buffers = {}
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return self.n_obs_steps if self._buffers else 0
 
     def observe(self, obs: Mapping[str, np.ndarray]) -> None:
-        snapshot = {k: np.array(v, copy=True) for k, v in obs.items()}  # never keep the caller's arrays
-        if not self._steps:
-            self._steps.extend([snapshot] * self.n_obs_steps)
-        else:
-            self._steps.append(snapshot)
+        if not self._buffers:  # an episode's first observation fills the whole history (as Diffusion Policy does)
+            self._buffers = {k: np.repeat(np.asarray(v)[:, None], self.n_obs_steps, axis=1) for k, v in obs.items()}
+            return
+        if set(obs) != set(self._buffers) or any(self._buffers[k].shape[2:] != np.shape(v)[1:] or
+                                                 self._buffers[k].shape[0] != np.shape(v)[0] for k, v in obs.items()):  # fmt: skip
+            raise ValueError(
+                f"observation keys or shapes changed within an episode: got "
+                f"{ {k: np.shape(v) for k, v in obs.items()} }, the history holds "
+                f"{ {k: (b.shape[0], *b.shape[2:]) for k, b in self._buffers.items()} } (call clear() between episodes)"
+            )
+        for key, value in obs.items():
+            buffer = self._buffers[key]
+            buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
+            buffer[:, -1] = value
 
     def stacked(self) -> dict[str, np.ndarray]:
-        """{key: (B, n_obs_steps, ...)} oldest first."""
-        return {k: np.stack([h[k] for h in self._steps], axis=1) for k in self._steps[-1]}
+        """{key: (B, n_obs_steps, ...)} oldest first (copies: later observations do not change them)."""
+        return {k: v.copy() for k, v in self._buffers.items()}
 
 
 class ActionSchedule:

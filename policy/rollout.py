@@ -69,11 +69,11 @@ class ChunkEnv(gym.Wrapper):
 
     Observations are histories {key: (n_obs_steps, *shape)} (the first observation repeated at an
     episode's start). `step(chunk (latency_steps + actions_per_tick, Da))` executes up to
-    `actions_per_tick` actions (fewer when the episode ends) and returns the chunk's summed reward; info
-    carries ``rewards`` (actions_per_tick,) per env step (0 after the end), ``executed`` (actions run),
-    ``offset`` (the chunk index of the first one), ``select_ms`` (time picking each action),
-    ``terminated`` and ``truncated`` (the episode's end: the wrapper resets itself, in continuous mode
-    at once, so the flags it returns to a vector env stay false), and, when an episode ended, ``episode_*`` (seed, return,
+    `actions_per_tick` (A) actions (fewer when the episode ends) and returns the chunk's summed reward;
+    info["tick"] packs [executed, offset (the chunk index of the first action run), terminated,
+    truncated, rewards (A, 0 after the end), select_ms (A, host time picking each action)] (see
+    `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it returns to a
+    vector env stay false), and, when an episode ended, ``episode_*`` (seed, return,
     length, success, score and the task's extras) and ``final_<key>`` (the last history).
     """
 
@@ -124,11 +124,11 @@ class ChunkEnv(gym.Wrapper):
         return self._start(seed)
 
     def step(self, chunk: np.ndarray):  # type: ignore[override]
-        rewards = np.zeros(self.actions_per_tick, np.float32)
-        select_ms = np.zeros(self.actions_per_tick, np.float32)
+        # One packed array per tick: a vector env merges every info key of every env, one by one.
+        tick = np.zeros(4 + 2 * self.actions_per_tick, np.float32)
+        rewards, select_ms = tick[4 : 4 + self.actions_per_tick], tick[4 + self.actions_per_tick :]
         if self._idle:  # waves: this env's episode is over; it waits for the next wave
-            idle = {"rewards": rewards, "executed": 0, "select_ms": select_ms, "offset": 0}
-            return self._last, 0.0, False, False, {**idle, "terminated": False, "truncated": False}
+            return self._last, 0.0, False, False, {"tick": tick}
         offset = 0 if self._first else self.latency_steps
         decision, terminated, truncated, executed, info = None, False, False, 0, {}
         for i in range(self.actions_per_tick):
@@ -152,8 +152,8 @@ class ChunkEnv(gym.Wrapper):
             if terminated or truncated:
                 break
         self._first = False
-        out: dict[str, Any] = {"rewards": rewards, "executed": executed, "select_ms": select_ms, "offset": offset}
-        out.update(terminated=bool(terminated), truncated=bool(truncated))
+        tick[:4] = executed, offset, terminated, truncated
+        out: dict[str, Any] = {"tick": tick}
         if not (terminated or truncated):
             self._last = decision if decision is not None else self._stacked()
         else:
@@ -303,7 +303,7 @@ class Rollouts:
             )
         try:
             obs, _, _, _, infos = envs.step(np.ascontiguousarray(chunk[:, :width], dtype=np.float32))
-            return obs, infos
+            return obs, {**infos, **unpack_tick(infos["tick"], self.spec.actions_per_tick)}
         except RolloutError:
             self._abandon()
             raise
@@ -418,6 +418,19 @@ class Rollouts:
             env_steps=executed,
         )
         return batch
+
+
+def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray]:
+    """The per-env fields of `ChunkEnv`'s packed info["tick"] (N, 4 + 2A)."""
+    a = actions_per_tick
+    return {
+        "executed": tick[:, 0].astype(int),
+        "offset": tick[:, 1].astype(int),
+        "terminated": tick[:, 2].astype(bool),
+        "truncated": tick[:, 3].astype(bool),
+        "rewards": tick[:, 4 : 4 + a],
+        "select_ms": tick[:, 4 + a :],
+    }
 
 
 def _actions(out: Any) -> Any:
