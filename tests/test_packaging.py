@@ -144,3 +144,18 @@ def test_lint_imports_fails_when_a_wrong_arrow_comes_back(
     target.write_text(target.read_text() + f"\n{line}  # reintroduced by the test\n")
     result = subprocess.run(LINT_IMPORTS, cwd=layout, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and broken in result.stdout, result.stdout[-2000:]
+
+
+def test_every_package_folder_is_in_the_wheel() -> None:
+    """pyproject.toml lists the packages by hand (package-dir mapping): a new folder must be listed too."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {v: k for k, v in config["package-dir"].items()}  # folder -> package name
+    found = set()
+    for init in REPO.glob("*/**/__init__.py"):
+        relative = init.parent.relative_to(REPO)
+        top = relative.parts[0]
+        if top in folders:
+            found.add(".".join([folders[top], *relative.parts[1:]]))
+    assert found - set(config["packages"]) == set()
