@@ -80,9 +80,10 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"task": name, "commands": commands}
     # 1. the expert
     ppo = runs / f"ppo-{name}"
-    iterations = args.ppo_steps // PPO_ITERATION
-    if _state(ppo).get("iteration", 0) < iterations:
-        command = [DPSTACK, "rl", "train", f"task={name}", f"out={ppo}", f"total_steps={args.ppo_steps}",
+    # a run that finished its own budget is kept as it is (its budget is what the row reports)
+    budget = json.loads((ppo / "train_config.json").read_text())["total_steps"] if ppo.exists() else args.ppo_steps
+    if _state(ppo).get("iteration", 0) < budget // PPO_ITERATION:
+        command = [DPSTACK, "rl", "train", f"task={name}", f"out={ppo}", f"total_steps={budget}",
                    "checkpoint_every=10", "snapshot_every=25", "seed=0", "progress=false"]  # fmt: skip
         if ppo.exists():
             command.append("resume=true")
@@ -90,6 +91,12 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
         run_command(command, log)
     state = _state(ppo)
     row.update(ppo_env_steps=state["env_steps"], ppo_minutes=state["train_seconds"] / 60)
+    if not any(c.startswith("dpstack rl train") for c in commands):  # the run was made before: its own config
+        config = json.loads((ppo / "train_config.json").read_text())
+        keys = ("total_steps", "num_envs", "checkpoint_every", "snapshot_every", "seed")
+        commands.insert(
+            0, shlex.join(["dpstack", "rl", "train", f"task={name}", f"out={ppo}", *(f"{k}={config[k]}" for k in keys)])
+        )
     # 2. references: random actions and the expert, beside D4RL's
     expert = _eval(ppo, runs / f"ppo-{name}-eval", args.ref_episodes, log, commands)
     row["expert_return"], row["expert_return_se"] = _spread(expert)
@@ -134,7 +141,9 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="hopper,walker2d,halfcheetah")
-    parser.add_argument("--ppo-steps", type=int, default=3_000_000)
+    parser.add_argument(
+        "--ppo-steps", type=int, default=3_000_000, help="PPO budget of a new run (a finished run keeps its own)"
+    )
     parser.add_argument("--store-steps", type=int, default=200_000)
     parser.add_argument("--dp-steps", type=int, default=20_000)
     parser.add_argument("--ref-episodes", type=int, default=100)
