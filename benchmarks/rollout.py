@@ -17,6 +17,7 @@ Writes benchmarks/results/rollout.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -124,6 +125,13 @@ def main() -> None:
                 row["runs"] = runs
                 print(row, flush=True)
                 rows.append(row)
+    previous = args.out / "rollout.json"
+    if previous.exists():  # keep the rows (task, N, workers) this run did not measure
+        done = {(r["task"], r["num_envs"], r["mode"]) for r in rows}
+        kept = [
+            r for r in json.loads(previous.read_text())["rows"] if (r["task"], r["num_envs"], r["mode"]) not in done
+        ]
+        rows = sorted(kept + rows, key=lambda r: (r["task"], r["num_envs"], r["mode"]))
     columns = [
         ("task", "task"),
         ("N", "num_envs"),
