@@ -29,6 +29,7 @@ COMMANDS = [
     Command(("train",), "dpstack.commands.train", "train a Diffusion Policy or a Diffuser planner on an episode store"),
     Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
     Command(("rl", "train"), "dpstack.commands.rl_train", "train a Gaussian policy with PPO in simulation (an expert)"),
+    Command(("finetune",), "dpstack.commands.finetune", "fine-tune a Diffusion Policy in simulation with DPPO (RL)"),
     Command(("plan",), "dpstack.commands.plan", "plan a trajectory with a Diffuser checkpoint and render it (PNG)"),
     Command(("export",), "dpstack.commands.export", "export a policy + sampler to ONNX (policy.onnx, policy.json)"),
     Command(

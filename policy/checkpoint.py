@@ -89,19 +89,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path}: not a checkpoint (no config.json here or in checkpoints/latest)")
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Optimizer state as (tensors for safetensors, JSON for the rest)."""
+def optimizer_state(
+    optimizer: torch.optim.Optimizer, name: str = "optimizer"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as (tensors "<name>.<param>.<key>" for safetensors, JSON for the rest)."""
     state = optimizer.state_dict()
-    tensors = {f"optimizer.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    return tensors, {"param_groups": state["param_groups"]}
+    tensors = {f"{name}.{i}.{k}": v for i, s in state["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    groups_key = "param_groups" if name == "optimizer" else f"{name}.param_groups"
+    return tensors, {groups_key: state["param_groups"]}
 
 
 def load_optimizer_state(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str = "optimizer"
 ) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
+    for full, value in tensors.items():
+        if full.startswith(f"{name}."):
+            index, key = full[len(name) + 1 :].split(".", 1)
             state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups_key = "param_groups" if name == "optimizer" else f"{name}.param_groups"
+    optimizer.load_state_dict({"state": state, "param_groups": meta[groups_key]})

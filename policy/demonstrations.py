@@ -3,7 +3,7 @@
 The policy acts through the rollout harness in N envs with continuous episodes (env j on seeds
 seed + j, seed + j + N, ...), sampling its actions (``deterministic=false``, as D4RL's behaviour
 policies did) or taking its mean. Whole episodes are appended to the store as they end, with per step:
-the task's observation keys, ``action``, ``reward``, ``terminated`` and ``truncated`` (true on the last
+the task's observation keys, ``action`` (as executed: clipped to the task's limits), ``reward``, ``terminated`` and ``truncated`` (true on the last
 step of an episode that ended that way; offline RL and the Diffuser value net need them apart),
 ``success`` and ``seed``. Collection stops once the store holds `steps` environment steps; running the
 same command again resumes a store that is not full yet.
@@ -20,6 +20,7 @@ import torch
 
 from dpstack.data.store import EpisodeStore
 from dpstack.envs.collect import check_compatible
+from dpstack.envs.registry import task_spec
 from dpstack.errors import ConfigError
 from dpstack.policy.rollout import Rollouts, RolloutSpec
 from dpstack.tasks import TaskConfig
@@ -53,6 +54,10 @@ def collect_from_policy(
     session = policy.session(sampler, torch.Generator().manual_seed(seed))
     spec = RolloutSpec(task, num_envs=num_envs, n_obs_steps=1, actions_per_tick=1, vectorization="sync")
     keys = sorted(policy.obs_features)
+    # the store keeps the actions the simulator executed: a sampled Gaussian action beyond the limits is
+    # clipped by the env, and a policy cloned from the store should not learn the unexecuted tails
+    task_limits = task_spec(task)
+    low, high = np.asarray(task_limits.action_low, np.float32), np.asarray(task_limits.action_high, np.float32)
     buffers: list[dict[str, list]] = [{} for _ in range(num_envs)]
     done_seeds = set(np.unique(store.read("seed")).tolist()) if store.n_episodes else set()
     # resuming: start the env seeds past every seed already stored
@@ -67,7 +72,7 @@ def collect_from_policy(
                     buffer = buffers[i]
                     for key in keys:
                         buffer.setdefault(key, []).append(batch.obs[key][t, i, -1].numpy())
-                    buffer.setdefault("action", []).append(batch.actions[t, i, 0].numpy())
+                    buffer.setdefault("action", []).append(np.clip(batch.actions[t, i, 0].numpy(), low, high))
                     buffer.setdefault("reward", []).append(np.float32(batch.reward[t, i]))
                     term, trunc = bool(batch.terminated[t, i]), bool(batch.truncated[t, i])
                     buffer.setdefault("terminated", []).append(term)

@@ -21,6 +21,7 @@ from dpstack.policy.denoisers import DENOISERS
 from dpstack.policy.denoisers import mlp as mlp_presets
 from dpstack.policy.denoisers import transformer as transformer_presets
 from dpstack.policy.denoisers import unet1d as unet_presets
+from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
 from dpstack.policy.encoders import ObservationEncoder
 from dpstack.policy.module import PolicyModule
 from dpstack.policy.normalizer import Normalizer
@@ -51,6 +52,7 @@ class PolicyConfig:
     noise_mode: str = "constant"  # training levels: constant (one per window) | streaming (chunk-wise mix)
     chunkwise_weight: float = 0.8  # streaming mode: share of windows with chunk-wise rising levels
     crop_fraction: float = 0.9  # image random-crop size (training) / centre crop (inference)
+    finetuned_below: int = 0  # DPPO: timesteps below this run a fine-tuned copy of the denoiser (0: none)
     denoiser_kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
     method_kwargs: dict[str, Any] = field(default_factory=dict)  # options of the method (diffuser: DiffuserOptions)
 
@@ -70,6 +72,10 @@ class PolicyConfig:
                 f"horizon={self.horizon}, n_obs_steps={self.n_obs_steps}, n_action_steps={self.n_action_steps}"
             )
 
+        if not 0 <= self.finetuned_below <= self.num_train_timesteps:
+            raise ValueError(
+                f"finetuned_below must be in [0, num_train_timesteps={self.num_train_timesteps}], got {self.finetuned_below}"
+            )
         if self.noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
         if self.noise_mode == "streaming" or self.sampler == "streaming":
@@ -116,6 +122,8 @@ class DiffusionPolicy(PolicyModule):
         if cfg.denoiser == "transformer":
             kwargs["n_cond_tokens"] = cfg.n_obs_steps
         self.denoiser = DENOISERS[cfg.denoiser](self.action_dim, self.obs_encoder.output_dim, **kwargs)
+        if cfg.finetuned_below:
+            self.denoiser = FinetunedDenoiser(self.denoiser, cfg.finetuned_below)
         self.schedule = cfg.schedule()
 
     def data_timing(self) -> dict[str, int]:

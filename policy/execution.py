@@ -68,6 +68,10 @@ class ObservationHistory:
             buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
             buffer[:, -1] = value
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """{key: (B, n_obs_steps, ...)} without copying: valid until the next `observe`."""
+        return self._buffers
+
     def stacked(self) -> dict[str, np.ndarray]:
         """{key: (B, n_obs_steps, ...)} oldest first (copies: later observations do not change them)."""
         return {k: v.copy() for k, v in self._buffers.items()}

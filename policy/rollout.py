@@ -28,6 +28,7 @@ executed by the previous chunk); an episode's first chunk starts at index 0. Thi
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,7 +102,8 @@ class ChunkEnv(gym.Wrapper):
     # ------------------------------------------------------------------ helpers
     def _observe(self, obs: Mapping[str, np.ndarray]) -> None:
         for key, value in obs.items():
-            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            # one reduction: a NaN or inf anywhere makes the float64 sum non-finite
+            if value.dtype.kind == "f" and not math.isfinite(value.sum(dtype=np.float64)):
                 raise RolloutError(
                     f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: "
                     f"observation '{key}' is not finite"
@@ -109,7 +111,7 @@ class ChunkEnv(gym.Wrapper):
         self.history.observe({k: v[None] for k, v in obs.items()})
 
     def _stacked(self) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in self.history.stacked().items()}
+        return {k: v[0].copy() for k, v in self.history.buffers().items()}
 
     def _start(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         self._seed, self._length, self._return, self._first, self._idle = seed, 0, 0.0, True, False
@@ -130,7 +132,7 @@ class ChunkEnv(gym.Wrapper):
         if self._idle:  # waves: this env's episode is over; it waits for the next wave
             return self._last, 0.0, False, False, {"tick": tick}
         offset = 0 if self._first else self.latency_steps
-        decision, terminated, truncated, executed, info = None, False, False, 0, {}
+        decision, terminated, truncated, executed, info, total = None, False, False, 0, {}, 0.0
         for i in range(self.actions_per_tick):
             if i == self.actions_per_tick - self.latency_steps:
                 decision = self._stacked()  # the history the next chunk is computed from
@@ -140,11 +142,12 @@ class ChunkEnv(gym.Wrapper):
             if self._frames is not None:
                 self._frames.append(np.asarray(self.env.render()))
             obs, reward, terminated, truncated, info = self.env.step(action)
-            if not np.isfinite(reward):
+            if not math.isfinite(reward):
                 raise RolloutError(
                     f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: reward is {reward}"
                 )
             rewards[i] = reward
+            total += reward
             self._return += float(reward)
             self._length += 1
             executed += 1
@@ -163,7 +166,7 @@ class ChunkEnv(gym.Wrapper):
             else:
                 self._last, self._idle = self._stacked(), True
         # the episode's end travels in info: this env resets itself, so the vector env must never do it
-        return self._last, float(rewards.sum()), False, False, out
+        return self._last, float(total), False, False, out
 
     def _episode_end(self, info: dict[str, Any]) -> dict[str, Any]:
         out = {f"final_{k}": v for k, v in self._stacked().items()}
@@ -257,15 +260,21 @@ class Rollouts:
         self._next_obs: dict[str, np.ndarray] | None = None
 
     def _vector(self, continuous: bool) -> gym.vector.VectorEnv:
-        """The vector env, built once (and rebuilt only to switch between waves and continuous episodes)."""
+        """The vector env, built once (and rebuilt only to switch between waves and continuous episodes).
+
+        It does not copy its observations (``copy=False``: its buffer changes with the next step); a
+        policy reads them within its tick, and `collect` copies the ones it keeps.
+        """
         if self._envs is not None and self._continuous == continuous:
             return self._envs
         self.close()
         fns = [self._make(continuous)] * self.spec.num_envs
         if self.spec.vectorization == "sync" or self.spec.num_envs == 1:
-            self._envs = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
+            self._envs = gym.vector.SyncVectorEnv(fns, copy=False, autoreset_mode=AutoresetMode.DISABLED)
         else:
-            self._envs = gym.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=AutoresetMode.DISABLED)
+            self._envs = gym.vector.AsyncVectorEnv(
+                fns, context="spawn", copy=False, autoreset_mode=AutoresetMode.DISABLED
+            )
         self._continuous = continuous
         return self._envs
 
@@ -378,41 +387,45 @@ class Rollouts:
         if self._next_obs is None:
             self._seeds = [seed + j for j in range(n)]  # each env's current episode, for error messages
             self._next_obs, _ = envs.reset(seed=self._seeds)
+        a, rows = self.spec.actions_per_tick, np.arange(n)[:, None]
         obs_ticks: list[dict[str, np.ndarray]] = []
         actions, rewards, terminated, truncated, executed = [], [], [], [], 0
-        final_ticks: list[dict[str, np.ndarray]] = []
+        finals: list[tuple[int, int, dict[str, np.ndarray]]] = []  # (tick, env, last history) of ended episodes
         extras: dict[str, list] = {}
         episodes: list[dict[str, Any]] = []
-        for _ in range(ticks):
-            obs = self._next_obs
+        for t in range(ticks):
+            obs = {k: v.copy() for k, v in self._next_obs.items()}  # the vector env reuses its buffers
             out = policy(obs)
             chunk, extra = out if isinstance(out, tuple) else (out, {})
             chunk = np.asarray(chunk.detach().cpu() if torch.is_tensor(chunk) else chunk, np.float32)
-            next_obs, infos = self._step(envs, chunk, self._seeds)
+            self._next_obs, infos = self._step(envs, chunk, self._seeds)
             term, trunc = infos["terminated"], infos["truncated"]
-            a, offsets = self.spec.actions_per_tick, infos["offset"]
-            actions.append(np.stack([chunk[i, offsets[i] : offsets[i] + a] for i in range(n)]))
+            actions.append(chunk[rows, infos["offset"][:, None] + np.arange(a)])  # each env's executed part
             obs_ticks.append(obs)
-            rewards.append(np.asarray(infos["rewards"], np.float32))
+            rewards.append(infos["rewards"])
             terminated.append(term)
             truncated.append(trunc)
             executed += int(infos["executed"].sum())
-            final_ticks.append({k: infos.get(f"final_{k}", np.zeros_like(v)) for k, v in obs.items()})
             for name, value in extra.items():
                 extras.setdefault(name, []).append(torch.as_tensor(value))
             for i in np.flatnonzero(term | trunc):
                 episodes.append(_episode(infos, i))
+                finals.append((t, i, {k: infos[f"final_{k}"][i] for k in obs}))
                 self._seeds[i] = episodes[-1]["seed"] + n
-            self._next_obs = next_obs
+        final_obs = {k: np.zeros((ticks, *v.shape), v.dtype) for k, v in obs_ticks[0].items()}
+        for t, i, history in finals:
+            for k, v in history.items():
+                final_obs[k][t, i] = v
+        rewards_array = np.stack(rewards).astype(np.float32, copy=False)
         batch = RolloutBatch(
             obs={k: torch.as_tensor(np.stack([o[k] for o in obs_ticks])) for k in obs_ticks[0]},
             actions=torch.as_tensor(np.stack(actions)),
-            rewards=torch.as_tensor(np.stack(rewards)),
-            reward=torch.as_tensor(np.stack(rewards).sum(axis=2)),
+            rewards=torch.as_tensor(rewards_array),
+            reward=torch.as_tensor(rewards_array.sum(axis=2)),
             terminated=torch.as_tensor(np.stack(terminated)),
             truncated=torch.as_tensor(np.stack(truncated)),
-            final_obs={k: torch.as_tensor(np.stack([f[k] for f in final_ticks])) for k in final_ticks[0]},
-            next_obs={k: torch.as_tensor(v) for k, v in self._next_obs.items()},
+            final_obs={k: torch.as_tensor(v) for k, v in final_obs.items()},
+            next_obs={k: torch.as_tensor(v.copy()) for k, v in self._next_obs.items()},
             extras={k: torch.stack(v) for k, v in extras.items()},
             episodes=episodes,
             env_steps=executed,

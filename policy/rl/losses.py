@@ -9,6 +9,8 @@ part of the task.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -47,8 +49,11 @@ def normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return (x - x.mean()) / (x.std() + eps)
 
 
-def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float) -> torch.Tensor:
-    """PPO's policy loss, mean over entries: -min(r A, clip(r, 1 - c, 1 + c) A) with r = exp(log_ratio)."""
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, clip: float | torch.Tensor) -> torch.Tensor:
+    """PPO's policy loss, mean over entries: -min(r A, clip(r, 1 - c, 1 + c) A) with r = exp(log_ratio).
+
+    `clip` is one number, or one per entry (DPPO clips each denoising step differently).
+    """
     ratio = log_ratio.exp()
     return -torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages).mean()
 
@@ -69,7 +74,7 @@ def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
     return ((log_ratio.exp() - 1.0) - log_ratio).mean()
 
 
-def clip_fraction(log_ratio: torch.Tensor, clip: float) -> torch.Tensor:
+def clip_fraction(log_ratio: torch.Tensor, clip: float | torch.Tensor) -> torch.Tensor:
     """Share of entries whose ratio left [1 - clip, 1 + clip]."""
     return ((log_ratio.exp() - 1.0).abs() > clip).float().mean()
 
@@ -78,3 +83,44 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     """1 - Var(target - predicted) / Var(target): 1 is perfect, 0 no better than a constant (nan if Var = 0)."""
     variance = target.var()
     return float("nan") if variance == 0 else float(1.0 - (target - predicted).var() / variance)
+
+
+# ---------------------------------------------------------------------- DPPO (Ren et al. 2024)
+# Fine-tuned denoising steps are indexed i = 0 .. K' - 1 in sampling order: i = 0 is the noisiest
+# fine-tuned step, i = K' - 1 the one that outputs the executed action chunk.
+
+
+def denoising_discount(step: torch.Tensor, finetuned_steps: int, gamma_denoising: float) -> torch.Tensor:
+    """gamma_denoising ** (K' - i - 1): the weight of step i's advantage (noisier steps weigh less)."""
+    return gamma_denoising ** (finetuned_steps - 1 - step).to(torch.float32)
+
+
+def clip_coefficients(
+    step: torch.Tensor, finetuned_steps: int, base: float, last: float, rate: float = 3.0
+) -> torch.Tensor:
+    """PPO's clip per denoising step, rising exponentially from `base` (i = 0) to `last` (i = K' - 1).
+
+    c(i) = base + (last - base) (exp(rate s) - 1) / (exp(rate) - 1) with s = i / (K' - 1); K' = 1 gives `last`.
+    """
+    if finetuned_steps == 1:
+        return torch.full(step.shape, float(last))
+    s = step.to(torch.float32) / (finetuned_steps - 1)
+    return base + (last - base) * (torch.exp(rate * s) - 1.0) / (math.exp(rate) - 1.0)
+
+
+def chain_log_prob(
+    x_prev: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    min_std: float,
+    executed: slice,
+    clamp: tuple[float, float] = (-5.0, 2.0),
+) -> torch.Tensor:
+    """log N(x_prev; mean, max(std, min_std)^2) of one denoising step, per chunk: (M,) from (M, T, Da).
+
+    Per element, clamped to `clamp` (a near-deterministic step must not dominate the ratio), then
+    averaged (not summed) over the executed positions `executed` of the chunk and the action dims.
+    """
+    std = torch.as_tensor(std, dtype=mean.dtype).clamp(min=min_std).expand_as(mean)
+    log_prob = -((x_prev - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
+    return log_prob.clamp(*clamp)[:, executed].mean(dim=(1, 2))

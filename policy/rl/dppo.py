@@ -1,0 +1,407 @@
+"""DPPO (`dpstack finetune checkpoint=<pretrained> task=<name> out=<run>`): read it top to bottom.
+
+Diffusion Policy Policy Optimization (Ren et al. 2024): PPO on the two-layer MDP whose inner steps are
+the denoising steps of the policy (`dpstack.policy.rl.chain`). The frozen pretrained denoiser runs the
+first K - K' steps and a trainable copy the last K' (`FinetunedDenoiser`, so the result is an ordinary
+Diffusion Policy checkpoint). Per iteration:
+
+1. roll out N envs for `ticks` control ticks through the shared harness; each tick samples a chunk with
+   exploration noise and records the K' + 1 chain samples of the fine-tuned steps;
+2. chunk-level GAE on running-scaled rewards (a chunk's reward is the sum over its env steps), with the
+   critic V(s) on the policy's own observation features; truncated episodes bootstrap, terminated not;
+3. epochs of minibatches over (env step x denoising step) pairs: the clipped surrogate with each
+   step's log-likelihood (clamped, averaged over the executed actions), normalized advantages
+   discounted by gamma_denoising^(K' - i - 1), a clip that rises from `clip_base` to `clip_last` across
+   the steps; critic warm-up, gradient clipping, a target-KL stop;
+4. deterministic evaluation (the checkpoint's own sampler, no exploration noise, seeds from
+   `eval_seed`) every `eval_every` iterations, checkpoints, metrics.jsonl, TensorBoard, a PNG.
+
+The math is in `dpstack.policy.rl.losses` (shared with Gaussian PPO); each config key below has DPPO's
+default for its Gym setting (../shared/reference.md section 4), scaled to this machine where noted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpstack.errors import ConfigError
+from dpstack.policy.checkpoint import load_optimizer_state, optimizer_state, read_json, read_tensors, save_policy
+from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
+from dpstack.policy.diffusion_policy import DiffusionPolicy
+from dpstack.policy.evaluate import EvalSpec, evaluate_policy
+from dpstack.policy.rl.chain import ChainOptions, DenoisingChain
+from dpstack.policy.rl.losses import (
+    approx_kl,
+    clip_coefficients,
+    clip_fraction,
+    clipped_surrogate,
+    denoising_discount,
+    explained_variance,
+    gae,
+    normalize,
+    value_loss,
+)
+from dpstack.policy.rl.ppo import TrainingDiverged, scale_rewards
+from dpstack.policy.rollout import Rollouts, RolloutSpec
+from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.tasks import TaskConfig
+
+
+@dataclass
+class DPPOConfig:
+    """`configs/finetune.yaml`: `dpstack finetune checkpoint=<pretrained> task=<name> out=<run> [key=value ...]`."""
+
+    checkpoint: str = field(default="???", metadata={"help": "the pretrained Diffusion Policy (run or checkpoint)"})
+    task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
+    out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
+    total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total"})
+    num_envs: int = field(default=8, metadata={"help": "parallel environments (DPPO: 40)"})
+    vectorization: str = field(default="sync", metadata={"help": "sync | async (one worker process per env)"})
+    ticks: int = field(default=125, metadata={"help": "control ticks per env per iteration (DPPO: 500)"})
+    sampler: str = field(default="ddpm", metadata={"help": "the Gaussian chain: ddpm | ddim (with eta > 0)"})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "K (None: ddpm every level, ddim 10)"})
+    eta: float = field(default=1.0, metadata={"help": "DDIM's eta in training (1: DDPM's variance)"})
+    finetuned_steps: int = field(default=10, metadata={"help": "K': the last denoising steps fine-tuned"})
+    epochs: int = field(default=5, metadata={"help": "passes over each rollout"})
+    minibatch_size: int = field(default=2500, metadata={"help": "(env step x denoising step) pairs per minibatch"})
+    actor_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the fine-tuned denoiser"})
+    critic_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the critic"})
+    gamma: float = field(default=0.99, metadata={"help": "discount per control tick (chunk)"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    gamma_denoising: float = field(default=0.99, metadata={"help": "advantage discount over denoising steps"})
+    clip_base: float = field(default=0.01, metadata={"help": "PPO clip at the first fine-tuned step"})
+    clip_last: float = field(default=0.01, metadata={"help": "PPO clip at the last fine-tuned step"})
+    clip_rate: float = field(default=3.0, metadata={"help": "exponential rate of the clip between them"})
+    min_sampling_std: float = field(default=0.1, metadata={"help": "std floor of every step in rollouts"})
+    min_logprob_std: float = field(default=0.1, metadata={"help": "std floor in the log-likelihood"})
+    noise_clip: float = field(default=3.0, metadata={"help": "clip of the standard-normal draws in rollouts"})
+    final_action_clip: float | None = field(default=1.0, metadata={"help": "clip of the sampled chunk (normalized)"})
+    logprob_min: float = field(default=-5.0, metadata={"help": "per-element log-likelihood clamp, low"})
+    logprob_max: float = field(default=2.0, metadata={"help": "per-element log-likelihood clamp, high"})
+    value_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clip of the fine-tuned denoiser"})
+    target_kl: float | None = field(default=1.0, metadata={"help": "stop an update's epochs past this KL"})
+    scale_rewards: bool = field(default=True, metadata={"help": "divide rewards by the running std of the return"})
+    critic_warmup: int = field(default=0, metadata={"help": "first iterations that train the critic only"})
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256], metadata={"help": "critic MLP"})
+    eval_every: int = field(default=10, metadata={"help": "iterations between evaluations (0: only at the end)"})
+    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation"})
+    eval_seed: int = field(default=200_000, metadata={"help": "first seed of the evaluations during training"})
+    checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds"})
+    threads: int = field(default=2, metadata={"help": "torch threads"})
+    progress: bool = field(default=True, metadata={"help": "print a line per checkpoint"})
+
+    def __post_init__(self) -> None:
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ConfigError(f"sampler: {self.sampler!r} is not a Gaussian chain DPPO can fine-tune; use ddpm or ddim")
+        if self.sampler == "ddim" and self.eta <= 0:
+            raise ConfigError(f"eta: DDIM with eta = {self.eta} is deterministic (no likelihood); use eta > 0")
+        if self.finetuned_steps < 1:
+            raise ConfigError(f"finetuned_steps must be >= 1, got {self.finetuned_steps}")
+        if self.num_envs * self.ticks < 2:
+            raise ConfigError("num_envs * ticks must be >= 2")
+
+
+class Critic(nn.Module):
+    """V(s) on the policy's conditioning features (DPPO: MLP 3 x 256, Mish)."""
+
+    def __init__(self, cond_dim: int, hidden: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for a, b in zip([cond_dim, *hidden], hidden, strict=False):
+            layers += [nn.Linear(a, b), nn.Mish()]
+        self.body = nn.Sequential(*layers, nn.Linear(([cond_dim, *hidden])[-1], 1))
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.body(cond).squeeze(-1)
+
+
+def inference_chain(policy: DiffusionPolicy, cfg: DPPOConfig) -> tuple[DDPMScheduler | DDIMScheduler, torch.Tensor]:
+    """The scheduler and the K timesteps of the chain DPPO samples and fine-tunes."""
+    schedule = policy.schedule
+    if cfg.sampler == "ddpm":
+        scheduler: DDPMScheduler | DDIMScheduler = DDPMScheduler(schedule)
+        return scheduler, scheduler.timesteps(cfg.num_inference_steps)
+    scheduler = DDIMScheduler(schedule, eta=cfg.eta)
+    return scheduler, scheduler.timesteps(cfg.num_inference_steps or 10)
+
+
+def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> DenoisingChain:
+    """Check that `policy` can be fine-tuned as asked and give it its fine-tuned denoiser; the chain to train."""
+    where = f"checkpoint={cfg.checkpoint}"
+    if not isinstance(policy, DiffusionPolicy):
+        method = getattr(getattr(policy, "cfg", None), "method", type(policy).__name__)
+        raise ConfigError(f"{where}: method {method!r} cannot be fine-tuned by DPPO (a Diffusion Policy is needed)")
+    if checkpoint_task is not None and checkpoint_task != cfg.task.name:
+        raise ConfigError(
+            f"task={cfg.task.name}: the checkpoint {cfg.checkpoint} was trained on task {checkpoint_task!r}"
+        )
+    scheduler, timesteps = inference_chain(policy, cfg)
+    if cfg.finetuned_steps > len(timesteps):
+        raise ConfigError(
+            f"finetuned_steps={cfg.finetuned_steps} exceeds the chain's K = {len(timesteps)} denoising steps"
+        )
+    chain_options = ChainOptions(
+        cfg.min_sampling_std, cfg.min_logprob_std, cfg.noise_clip, cfg.final_action_clip,
+        (cfg.logprob_min, cfg.logprob_max),
+    )  # fmt: skip
+    chain = DenoisingChain(policy, scheduler, timesteps, cfg.finetuned_steps, policy.cfg.n_action_steps, chain_options)
+    below = chain.first_finetuned_timestep
+    if isinstance(policy.denoiser, FinetunedDenoiser):  # fine-tuning a fine-tuned policy again (or resuming)
+        if policy.denoiser.below != below:
+            raise ConfigError(
+                f"finetuned_steps={cfg.finetuned_steps}: the checkpoint fine-tuned timesteps below "
+                f"{policy.denoiser.below}, this run would fine-tune below {below}"
+            )
+    else:
+        policy.denoiser = FinetunedDenoiser(policy.denoiser, below)
+        policy.cfg = replace(policy.cfg, finetuned_below=below)
+    policy.requires_grad_(False)
+    policy.denoiser.finetuned.requires_grad_(True)
+    return chain
+
+
+def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -> dict[str, Any]:
+    """Run (or resume: `policy` is then the run's latest checkpoint) DPPO; returns the last iteration's metrics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out, latest = Path(cfg.out), Path(cfg.out) / "checkpoints" / "latest"
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    chain = prepare(policy, cfg, checkpoint_task)
+    policy.train()
+    k_ft, executed = cfg.finetuned_steps, policy.cfg.n_action_steps
+    critic = Critic(policy.obs_encoder.output_dim, list(cfg.critic_hidden))
+    actor_optimizer = torch.optim.Adam(policy.denoiser.finetuned.parameters(), lr=cfg.actor_lr)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
+    return_norm = RunningNormState()
+    running_return = torch.zeros(cfg.num_envs, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    iterations = max(1, cfg.total_steps // (cfg.num_envs * cfg.ticks * executed))
+    iteration, env_steps, seconds_before = 0, 0, 0.0
+    if cfg.resume and (latest / "train_state.json").exists():
+        meta = read_json(latest / "train_state.json")
+        tensors = read_tensors(latest / "train_state.safetensors")
+        critic.load_state_dict({k[len("critic.") :]: v for k, v in tensors.items() if k.startswith("critic.")})
+        load_optimizer_state(actor_optimizer, tensors, meta, "actor_optimizer")
+        load_optimizer_state(critic_optimizer, tensors, meta, "critic_optimizer")
+        return_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("return_norm.")})
+        running_return = tensors["running_return"].clone()
+        generator.set_state(tensors["rng.generator"])
+        iteration, env_steps, seconds_before = meta["iteration"], meta["env_steps"], meta["train_seconds"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    metrics_path = out / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    history = [h for h in history if h["iteration"] <= iteration]  # what a killed run logged after its checkpoint
+    writer = SummaryWriter(str(out / "tb"), purge_step=iteration)
+    start = time.perf_counter()
+
+    def checkpoint() -> None:
+        tensors, meta = optimizer_state(actor_optimizer, "actor_optimizer")
+        critic_tensors, critic_meta = optimizer_state(critic_optimizer, "critic_optimizer")
+        tensors |= critic_tensors | {f"critic.{k}": v for k, v in critic.state_dict().items()}
+        tensors |= {f"return_norm.{k}": v for k, v in return_norm.state_dict().items()}
+        tensors |= {"running_return": running_return, "rng.generator": generator.get_state()}
+        meta |= critic_meta | {
+            "iteration": iteration,
+            "env_steps": env_steps,
+            "train_seconds": seconds_before + time.perf_counter() - start,
+        }
+        extra = {
+            "task": asdict(cfg.task),
+            "train": {
+                "algorithm": "dppo",
+                "pretrained": str(cfg.checkpoint),
+                "iteration": iteration,
+                "env_steps": env_steps,
+                "finetuned_steps": k_ft,
+            },
+        }
+        save_policy(latest, policy, extra=extra, train_state=(tensors, meta))
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        plot_curves(history, out / "curves.png")
+        writer.flush()
+
+    def evaluate() -> dict[str, float]:
+        spec = EvalSpec(cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed, num_envs=min(cfg.eval_episodes, 8))
+        record = evaluate_policy(policy, spec)  # the checkpoint's own sampler: fine-tuned steps, no exploration
+        returns = [e["return"] for e in record["per_episode"]]
+        return {"eval_return": float(np.mean(returns)), "eval_return_se": float(np.std(returns) / math.sqrt(len(returns))),
+                "eval_success": record["success_rate"], "eval_score": record["mean_score"]}  # fmt: skip
+
+    @torch.no_grad()
+    def act(histories: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Rollout policy: an exploring chunk and the chain of its fine-tuned steps."""
+        cond = policy.condition({k: torch.as_tensor(v) for k, v in histories.items()})
+        x0, recorded = chain.sample(cond, generator)
+        if not torch.isfinite(recorded).all():
+            raise TrainingDiverged(
+                f"{out}: iteration {iteration}: a sampled action chunk is not finite (the fine-tuned denoiser "
+                f"diverged); the last checkpoint ({latest}) is kept as it was"
+            )
+        return policy.normalizer.unnormalize("action", x0[:, policy.cfg.n_obs_steps - 1 :]), {"chain": recorded}
+
+    rollout_spec = RolloutSpec(cfg.task, cfg.num_envs, policy.cfg.n_obs_steps, executed, 0, cfg.vectorization)
+    last: dict[str, Any] = {}
+    with Rollouts(rollout_spec) as rollouts:
+        while iteration < iterations:
+            # 1. rollout: each tick an exploring chunk and its recorded chain
+            rollout_start = time.perf_counter()
+            batch = rollouts.collect(act, cfg.ticks, seed=cfg.seed * 1_000_003 + iteration * 10_007)
+            rollout_s = time.perf_counter() - rollout_start
+            env_steps += batch.env_steps
+            update_start = time.perf_counter()
+
+            # 2. chunk-level GAE on scaled rewards; old log-likelihoods of every recorded step
+            samples = cfg.ticks * cfg.num_envs
+            with torch.no_grad():
+                cond = policy.condition(_flatten(batch.obs))  # (T N, C): the encoder is frozen
+                values = critic(cond).view(cfg.ticks, cfg.num_envs)
+                next_values = critic(policy.condition(batch.next_obs))
+                final_values = critic(policy.condition(_flatten(batch.final_obs))).view(cfg.ticks, cfg.num_envs)
+            rewards = batch.reward.float()
+            if cfg.scale_rewards:
+                ended = batch.terminated | batch.truncated
+                rewards = scale_rewards(rewards, ended, running_return, return_norm.norm, cfg.gamma)
+            advantages, returns = gae(
+                rewards, values, next_values, batch.terminated, batch.truncated, final_values, cfg.gamma, cfg.gae_lambda
+            )
+            chains = batch.extras["chain"].reshape(samples, k_ft + 1, *batch.extras["chain"].shape[3:])
+            pair_sample = torch.arange(samples).repeat_interleave(k_ft)  # pairs (env step, denoising step)
+            pair_step = torch.arange(k_ft).repeat(samples)
+            with torch.no_grad():
+                old_log_prob = torch.cat([
+                    chain.log_prob(cond[s], chains[s], i)
+                    for s, i in zip(pair_sample.split(8192), pair_step.split(8192), strict=True)
+                ])  # fmt: skip
+            if not torch.isfinite(old_log_prob).all():
+                raise TrainingDiverged(f"{out}: iteration {iteration}: a rollout log-likelihood is not finite")
+            b_adv, b_ret, b_val = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+
+            # 3. epochs of minibatches over (env step x denoising step) pairs
+            stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")}
+            pairs, stop = samples * k_ft, False
+            for _ in range(cfg.epochs):
+                order = torch.randperm(pairs, generator=generator)
+                for index in order.split(cfg.minibatch_size):
+                    s, i = pair_sample[index], pair_step[index]
+                    log_ratio = chain.log_prob(cond[s], chains[s], i) - old_log_prob[index]
+                    adv = normalize(b_adv[s]) * denoising_discount(i, k_ft, cfg.gamma_denoising)
+                    clip = clip_coefficients(i, k_ft, cfg.clip_base, cfg.clip_last, cfg.clip_rate)
+                    pg_loss = clipped_surrogate(log_ratio, adv, clip)
+                    v_loss = value_loss(critic(cond[s]), b_val[s], b_ret[s])
+                    loss = pg_loss + cfg.value_coef * v_loss
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"{out}: iteration {iteration}: the loss is {float(loss)} (policy {float(pg_loss)}, "
+                            f"value {float(v_loss)}); the last checkpoint ({latest}) is kept as it was"
+                        )
+                    actor_optimizer.zero_grad()
+                    critic_optimizer.zero_grad()
+                    loss.backward()
+                    if iteration >= cfg.critic_warmup:
+                        nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
+                        actor_optimizer.step()
+                    critic_optimizer.step()
+                    with torch.no_grad():
+                        kl = float(approx_kl(log_ratio))
+                    stats["policy_loss"].append(float(pg_loss.detach()))
+                    stats["value_loss"].append(float(v_loss.detach()))
+                    stats["approx_kl"].append(kl)
+                    stats["clipfrac"].append(float(clip_fraction(log_ratio, clip)))
+                    if cfg.target_kl is not None and kl > cfg.target_kl:
+                        stop = True
+                        break
+                if stop:
+                    break
+            update_s = time.perf_counter() - update_start
+
+            # 4. log, evaluate, checkpoint
+            iteration += 1
+            done = batch.episodes
+            last = {
+                "iteration": iteration,
+                "env_steps": env_steps,
+                "episodes": len(done),
+                "return": float(np.mean([e["return"] for e in done])) if done else math.nan,
+                "success": float(np.mean([e["success"] for e in done])) if done else math.nan,
+                "score": float(np.mean([e["score"] for e in done])) if done else math.nan,
+                **{k: float(np.mean(v)) for k, v in stats.items()},
+                "explained_variance": explained_variance(b_val, b_ret),
+                "stopped_early": stop,
+                "sps": batch.env_steps / (rollout_s + update_s),
+                "rollout_s": rollout_s,
+                "update_s": update_s,
+            }
+            if (cfg.eval_every and iteration % cfg.eval_every == 0) or iteration == iterations:
+                eval_start = time.perf_counter()
+                last |= evaluate()
+                last["eval_s"] = time.perf_counter() - eval_start
+            history.append(last)
+            for key, value in last.items():
+                if key != "iteration" and isinstance(value, float) and math.isfinite(value):
+                    writer.add_scalar(f"dppo/{key}", value, env_steps)
+            if iteration % cfg.checkpoint_every == 0 or iteration == iterations:
+                checkpoint()
+                if cfg.progress:
+                    evaluated = f" eval {last['eval_return']:.1f}" if "eval_return" in last else ""
+                    print(
+                        f"iter {iteration}/{iterations} steps {env_steps} return {last['return']:.1f}{evaluated} "
+                        f"kl {last['approx_kl']:.4f} clipfrac {last['clipfrac']:.3f} "
+                        f"ev {last['explained_variance']:.2f} sps {last['sps']:.0f}",
+                        flush=True,
+                    )
+    writer.close()
+    return last
+
+
+class RunningNormState(nn.Module):
+    """The running std of the discounted return (reward scaling), as a module so it checkpoints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from dpstack.policy.rl.gaussian import RunningNorm
+
+        self.norm = RunningNorm(1)
+
+
+def _flatten(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{key: (T, N, To, ...)} -> {key: (T N, To, ...)}."""
+    return {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training return and evaluation return (with its standard error) against environment steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(h["env_steps"], h["return"]) for h in history if math.isfinite(h.get("return", math.nan))]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training episodes (exploring)", alpha=0.6)
+    evals = [(h["env_steps"], h["eval_return"], h["eval_return_se"]) for h in history if "eval_return" in h]
+    if evals:
+        x, y, se = (np.array(v) for v in zip(*evals, strict=True))
+        ax.errorbar(x, y, yerr=se, marker="o", label="evaluation (deterministic)")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,277 @@
+"""DPPO: its math against hand-computed values, the chain's log-likelihood against a direct Normal,
+gradients only in the fine-tuned steps, refusals, a short fine-tune that raises a tiny policy's return,
+and the fine-tuned checkpoint through eval, ONNX export and the runtime; SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpstack.data.store import EpisodeStore
+from dpstack.envs.registry import make_env
+from dpstack.errors import ConfigError
+from dpstack.methods import load_policy
+from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
+from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from dpstack.policy.rl.chain import ChainOptions, DenoisingChain
+from dpstack.policy.rl.dppo import DPPOConfig, finetune, prepare
+from dpstack.policy.rl.losses import chain_log_prob, clip_coefficients, denoising_discount
+from dpstack.policy.runtime import OnnxPolicy
+from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.tasks import TaskConfig
+from dpstack.train import TrainConfig, train
+
+DPSTACK = str(Path(sys.executable).with_name("dpstack"))
+HOPPER = TaskConfig(name="hopper", max_steps=200)
+
+
+# ---------------------------------------------------------------------- the math
+def test_denoising_discount_and_clip_schedule_match_hand_computed_values() -> None:
+    steps = torch.arange(3)
+    torch.testing.assert_close(denoising_discount(steps, 3, 0.9), torch.tensor([0.81, 0.9, 1.0]))
+    # c(i) = base + (last - base) (e^{3 s} - 1) / (e^3 - 1), s = i / 2
+    clip = clip_coefficients(steps, 3, 0.001, 0.01, rate=3.0)
+    middle = 0.001 + 0.009 * (math.exp(1.5) - 1) / (math.exp(3.0) - 1)
+    torch.testing.assert_close(clip, torch.tensor([0.001, middle, 0.01]))
+    torch.testing.assert_close(
+        clip_coefficients(torch.zeros(2, dtype=torch.long), 1, 0.001, 0.01), torch.full((2,), 0.01)
+    )
+
+
+def test_chain_log_prob_is_the_clamped_normal_log_density_averaged_over_executed_actions() -> None:
+    mean = torch.zeros(1, 3, 1)
+    x_prev = torch.tensor([[[0.05], [1.0], [7.0]]])  # position 2 is not executed
+    std = torch.tensor(0.05)  # floored to 0.1
+    got = chain_log_prob(x_prev, mean, std, min_std=0.1, executed=slice(0, 2), clamp=(-5.0, 2.0))
+    direct = torch.distributions.Normal(0.0, 0.1).log_prob(torch.tensor([0.05, 1.0]))  # 1.2587, -48.6
+    assert float(direct[0]) == pytest.approx(-0.125 + math.log(10) - 0.5 * math.log(2 * math.pi))
+    assert float(got[0]) == pytest.approx((float(direct[0]) + -5.0) / 2)
+    # without clamping it is the direct density
+    unclamped = chain_log_prob(x_prev, mean, torch.tensor(0.2), 0.1, slice(0, 2), clamp=(-1e9, 1e9))
+    expected = torch.distributions.Normal(0.0, 0.2).log_prob(x_prev[0, :2, 0]).mean()
+    assert float(unclamped[0]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _tiny_policy(k: int = 10, horizon: int = 4) -> DiffusionPolicy:
+    from dpstack.features import Feature
+
+    cfg = PolicyConfig(denoiser="mlp", preset="tiny", horizon=horizon, n_obs_steps=1, n_action_steps=3,
+                       num_train_timesteps=k)  # fmt: skip
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(cfg, {"state": Feature((3,))}, Feature((2,)))
+    for key in ("state", "action"):
+        dim = 3 if key == "state" else 2
+        policy.normalizer.add_key(key, "minmax", torch.ones(dim), torch.zeros(dim))
+    return policy
+
+
+@pytest.mark.parametrize("scheduler_name", ["ddpm", "ddim"])
+def test_the_recorded_chain_has_the_likelihood_of_a_direct_normal(scheduler_name: str) -> None:
+    policy = _tiny_policy()
+    policy.denoiser = FinetunedDenoiser(policy.denoiser, 4)
+    scheduler = DDPMScheduler(policy.schedule) if scheduler_name == "ddpm" else DDIMScheduler(policy.schedule, eta=1.0)
+    timesteps = scheduler.timesteps(10 if scheduler_name == "ddpm" else 5)
+    k_ft = 4 if scheduler_name == "ddpm" else 2
+    options = ChainOptions(logprob_clamp=(-1e9, 1e9))
+    chain = DenoisingChain(policy, scheduler, timesteps, k_ft, 3, options)
+    assert chain.first_finetuned_timestep == (4 if scheduler_name == "ddpm" else 3)  # ddim: 8, 6, 4, [2, 0]
+    cond = torch.randn(6, 3)
+    x0, recorded = chain.sample(cond, torch.Generator().manual_seed(0))
+    assert recorded.shape == (6, k_ft + 1, 4, 2) and torch.equal(recorded[:, -1], x0)
+    assert x0.abs().max() <= 1.0  # the final action clip
+    for i in range(k_ft):
+        step = torch.full((6,), i)
+        got = chain.log_prob(cond, recorded, step)
+        # direct: the step's Gaussian from the scheduler at that step's timesteps, std floored
+        index = len(timesteps) - k_ft + i
+        t = timesteps[index].expand(6)
+        prev = (timesteps[index + 1] if index + 1 < len(timesteps) else torch.tensor(-1)).expand(6)
+        x = recorded[:, i]
+        out = scheduler.step(policy.denoiser(x, t, cond), t, prev, x, None)
+        std = out.std.clamp(min=0.1).expand_as(out.mean)
+        direct = torch.distributions.Normal(out.mean, std).log_prob(recorded[:, i + 1])[:, :3].mean(dim=(1, 2))
+        torch.testing.assert_close(got, direct, atol=1e-5, rtol=1e-5)
+        # the draws stay within the noise clip of the step's mean (the chain's indices line up)
+        assert ((recorded[:, i + 1] - out.mean).abs() <= 3.0 * std + 1e-5).all()
+
+
+def test_only_the_fine_tuned_steps_receive_gradients_and_route_by_timestep() -> None:
+    policy = _tiny_policy()
+    cfg = DPPOConfig(checkpoint="tiny", task=HOPPER, out="unused", finetuned_steps=3)
+    chain = prepare(policy, cfg, None)
+    denoiser = policy.denoiser
+    assert isinstance(denoiser, FinetunedDenoiser) and denoiser.below == 3 and policy.cfg.finetuned_below == 3
+    with torch.no_grad():
+        for p in denoiser.finetuned.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, cond = torch.randn(4, 4, 2), torch.randn(4, 3)
+    t = torch.tensor([0, 2, 3, 9])
+    routed = denoiser(x, t, cond)
+    fine, base = denoiser.finetuned(x, t, cond), denoiser.pretrained(x, t, cond)
+    torch.testing.assert_close(routed[:2], fine[:2])
+    torch.testing.assert_close(routed[2:], base[2:])
+    assert not torch.allclose(fine, base)
+    per_position = torch.tensor([[0, 1, 5, 9]] * 4)  # per-position timesteps (streaming) route entry by entry
+    mixed = denoiser(x, per_position, cond)
+    torch.testing.assert_close(mixed[:, :2], denoiser.finetuned(x, per_position, cond)[:, :2])
+    torch.testing.assert_close(mixed[:, 2:], denoiser.pretrained(x, per_position, cond)[:, 2:])
+    # the loss of every fine-tuned step reaches only the fine-tuned copy
+    _, recorded = chain.sample(cond, torch.Generator().manual_seed(1))
+    chain.log_prob(cond, recorded, torch.arange(4) % 3).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in denoiser.finetuned.parameters())
+    assert all(p.grad is None for p in denoiser.pretrained.parameters())
+    assert all(p.grad is None for n, p in policy.named_parameters() if not n.startswith("denoiser.finetuned."))
+
+
+def test_refusals_name_the_key(tmp_path: Path) -> None:
+    policy = _tiny_policy()
+    base = DPPOConfig(checkpoint="ck", task=HOPPER, out=str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="finetuned_steps=11 exceeds the chain's K = 10"):
+        prepare(policy, replace(base, finetuned_steps=11), None)
+    with pytest.raises(ConfigError, match="task=hopper: the checkpoint ck was trained on task 'pusht'"):
+        prepare(_tiny_policy(), base, "pusht")
+    with pytest.raises(ConfigError, match="sampler: 'streaming' is not a Gaussian chain"):
+        DPPOConfig(checkpoint="ck", out="x", sampler="streaming")
+    with pytest.raises(ConfigError, match="eta: DDIM with eta = 0"):
+        DPPOConfig(checkpoint="ck", out="x", sampler="ddim", eta=0.0)
+    with pytest.raises(ConfigError, match="method 'diffuser' cannot be fine-tuned"):
+        planner = torch.nn.Module()
+        planner.cfg = PolicyConfig(method="diffuser")
+        prepare(planner, base, None)
+
+
+# ---------------------------------------------------------------------- end to end on Hopper
+@pytest.fixture(scope="module")
+def weak_hopper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Diffusion Policy cloned from uniformly random Hopper actions (it falls within ~20 steps)."""
+    root = tmp_path_factory.mktemp("dppo")
+    store = EpisodeStore.create(root / "random.zarr")
+    env, rng = make_env(HOPPER), np.random.default_rng(0)
+    for episode in range(60):
+        obs, _ = env.reset(seed=episode)
+        rows: dict[str, list] = {"state": [], "action": [], "reward": []}
+        done = False
+        while not done:
+            action = rng.uniform(-1, 1, 3).astype(np.float32)
+            rows["state"].append(obs["state"])
+            rows["action"].append(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rows["reward"].append(np.float32(reward))
+            done = terminated or truncated
+        store.append_episode({k: np.stack(v) for k, v in rows.items()})
+    store.set_attrs(collect={"task": "hopper"})
+    policy = PolicyConfig(denoiser="mlp", preset="tiny", horizon=4, n_obs_steps=1, n_action_steps=4,
+                          num_train_timesteps=10)  # fmt: skip
+    cfg = TrainConfig(task=HOPPER, policy=policy, dataset=str(root / "random.zarr"), out=str(root / "bc"),
+                      steps=200, batch_size=64, warmup_steps=10, eval_episodes=0, val_every=200,
+                      checkpoint_every=200, progress=False, threads=1)  # fmt: skip
+    train(cfg)
+    return root / "bc"
+
+
+def _finetune_config(checkpoint: Path, out: Path, **overrides) -> DPPOConfig:
+    base = dict(
+        checkpoint=str(checkpoint), task=HOPPER, out=str(out), num_envs=4, ticks=32, finetuned_steps=5,
+        total_steps=12 * 4 * 32 * 4, epochs=4, minibatch_size=256, actor_lr=1e-3, clip_base=0.1, clip_last=0.1,
+        eval_every=12, eval_episodes=8, checkpoint_every=4, threads=1, progress=False, seed=2,
+    )  # fmt: skip
+    return DPPOConfig(**{**base, **overrides})
+
+
+def test_a_short_finetune_raises_the_return_and_the_checkpoint_runs_everywhere(
+    weak_hopper: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "ft"
+    cfg = _finetune_config(weak_hopper, run)
+    finetune(cfg, load_policy(weak_hopper), "hopper")
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == list(range(1, 13))
+    first, last = history[0]["return"], np.mean([h["return"] for h in history[-3:]])
+    assert last > 1.3 * first, (first, last)
+    assert (run / "curves.png").stat().st_size > 0 and "eval_return" in history[-1]
+    # the checkpoint is an ordinary Diffusion Policy whose low timesteps run the fine-tuned weights
+    tuned, pretrained = load_policy(run), load_policy(weak_hopper)
+    assert tuned.cfg.finetuned_below == 5 and isinstance(tuned.denoiser, FinetunedDenoiser)
+    torch.testing.assert_close(dict(tuned.denoiser.pretrained.state_dict()), dict(pretrained.denoiser.state_dict()))
+    # dpstack eval on the evaluation seeds beats the pretrained policy on the same seeds
+    returns = {}
+    for name, checkpoint in (("pretrained", weak_hopper), ("tuned", run)):
+        args = [
+            f"checkpoint={checkpoint}",
+            f"out={tmp_path / name}",
+            "episodes=8",
+            "videos=0",
+            "num_envs=2",
+            "progress=false",
+        ]  # the checkpoints' task: hopper with 200-step episodes
+        result = subprocess.run([DPSTACK, "eval", *args], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        returns[name] = json.loads((tmp_path / name / "eval.json").read_text())["mean_return"]
+    assert returns["tuned"] > returns["pretrained"], returns
+    # export (parity checked by the command) and the torch-free runtime acting like PyTorch
+    onnx = tmp_path / "onnx"
+    result = subprocess.run([DPSTACK, "export", f"checkpoint={run}", f"out={onnx}"], capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split("max abs diff ")[1].split()[0]) <= 1e-4
+    runtime = OnnxPolicy(onnx)
+    sampler = tuned.default_sampler()
+    noise = torch.randn(sampler.noise_shape(1, 4, 3), generator=torch.Generator().manual_seed(0))
+    state = torch.linspace(-0.5, 0.5, 11).reshape(1, 1, 11)
+    expected = tuned.sample_tick({"state": state}, sampler, None, noise)[0].numpy()
+    got = runtime.tick({"state": state.numpy()}, noise.numpy())
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    both = replace(tuned.cfg, finetuned_below=0)  # the same tick with the pretrained weights differs
+    plain = DiffusionPolicy(both, tuned.obs_features, tuned.action_feature, tuned.normalizer)
+    plain.denoiser.load_state_dict(tuned.denoiser.pretrained.state_dict())
+    other = plain.sample_tick({"state": state}, sampler, None, noise)[0].numpy()
+    assert np.abs(other - expected).max() > 1e-3
+
+
+def test_sigkill_then_resume_continues_at_the_same_iteration(weak_hopper: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [DPSTACK, "finetune", f"checkpoint={weak_hopper}", "task=hopper", "task.max_steps=200", f"out={run}",
+            "num_envs=2", "ticks=16", "finetuned_steps=5", "minibatch_size=128", "epochs=1", "eval_every=0",
+            "eval_episodes=2", "checkpoint_every=1", f"total_steps={8 * 2 * 16 * 4}", "threads=1", "seed=3"]  # fmt: skip
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = run / "checkpoints" / "latest" / "train_state.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (state.exists() and json.loads(state.read_text())["iteration"] >= 2):
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = json.loads(state.read_text())["iteration"]
+    assert 2 <= killed_at < 8
+    assert load_policy(run).cfg.finetuned_below == 5  # the checkpoint left behind is whole
+    resumed = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"iter {killed_at + 1}/8 " in resumed.stdout
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == list(range(1, 9))
+
+
+def test_a_non_finite_loss_names_the_iteration_and_keeps_the_checkpoint(weak_hopper: Path, tmp_path: Path) -> None:
+    from dpstack.policy.rl.ppo import TrainingDiverged
+
+    run = tmp_path / "nan"
+    cfg = _finetune_config(weak_hopper, run, total_steps=2 * 4 * 32 * 4, checkpoint_every=1, eval_every=0,
+                           eval_episodes=1, epochs=1)  # fmt: skip
+    policy = load_policy(weak_hopper)
+    finetune(replace(cfg, total_steps=4 * 32 * 4), policy, "hopper")  # one iteration, checkpointed
+    before = (run / "checkpoints" / "latest" / "model.safetensors").read_bytes()
+    resumed = load_policy(run)
+    with torch.no_grad():
+        next(resumed.denoiser.finetuned.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="iteration 1"):
+        finetune(replace(cfg, resume=True), resumed, "hopper")
+    assert (run / "checkpoints" / "latest" / "model.safetensors").read_bytes() == before
