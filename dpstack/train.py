@@ -143,7 +143,11 @@ def validation_loss(policy: torch.nn.Module, dataset: SequenceDataset, cfg: Trai
     for i, batch in enumerate(DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)):
         batch = _to(batch, device)
         size = batch["action"].shape[0]
-        timesteps = torch.randint(0, policy.schedule.num_train_timesteps, (size,), generator=generator).to(device)
+        timesteps = (  # a method without a noise schedule (the Gaussian policy) ignores them
+            torch.randint(0, policy.schedule.num_train_timesteps, (size,), generator=generator).to(device)
+            if hasattr(policy, "schedule")
+            else None
+        )
         with torch.random.fork_rng(devices=[]):  # the noise too is the same at every validation
             torch.manual_seed(1234 + i)
             losses.append(float(policy.compute_loss(batch, timesteps=timesteps)[0]))

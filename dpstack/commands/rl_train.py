@@ -13,7 +13,8 @@ __all__ = ["CONFIG_NAME", "Config", "run"]
 
 
 def run(cfg: Config) -> int:
+    from dpstack.methods import load_policy
     from dpstack.policy.rl.ppo import train
 
-    train(cfg)
+    train(cfg, load_policy(cfg.init).train() if cfg.init else None)
     return 0

@@ -246,6 +246,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
     @torch.no_grad()
     def act(histories: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Rollout policy: an exploring chunk and the chain of its fine-tuned steps."""
+        tick_start = time.perf_counter()
         cond = policy.condition({k: torch.as_tensor(v) for k, v in histories.items()})
         x0, recorded = chain.sample(cond, generator)
         if not torch.isfinite(recorded).all():
@@ -253,6 +254,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 f"{out}: iteration {iteration}: a sampled action chunk is not finite (the fine-tuned denoiser "
                 f"diverged); the last checkpoint ({latest}) is kept as it was"
             )
+        timing["inference_s"] += time.perf_counter() - tick_start
         return policy.normalizer.unnormalize("action", x0[:, policy.cfg.n_obs_steps - 1 :]), {"chain": recorded}
 
     rollout_spec = RolloutSpec(cfg.task, cfg.num_envs, policy.cfg.n_obs_steps, executed, 0, cfg.vectorization)
@@ -260,7 +262,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
     with Rollouts(rollout_spec) as rollouts:
         while iteration < iterations:
             # 1. rollout: each tick an exploring chunk and its recorded chain
-            rollout_start = time.perf_counter()
+            rollout_start, timing = time.perf_counter(), {"inference_s": 0.0}
             batch = rollouts.collect(act, cfg.ticks, seed=cfg.seed * 1_000_003 + iteration * 10_007)
             rollout_s = time.perf_counter() - rollout_start
             env_steps += batch.env_steps
@@ -345,6 +347,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 "stopped_early": stop,
                 "sps": batch.env_steps / (rollout_s + update_s),
                 "rollout_s": rollout_s,
+                "inference_s": timing["inference_s"],  # of rollout_s: the policy; the rest is simulation + harness
                 "update_s": update_s,
             }
             if (cfg.eval_every and iteration % cfg.eval_every == 0) or iteration == iterations:

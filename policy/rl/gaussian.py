@@ -119,8 +119,17 @@ class GaussianPolicy(PolicyModule):
         self.log_std = nn.Parameter(torch.full((act_dim,), float(self.options.init_log_std)))
         low = self.options.action_low or [-1.0] * act_dim
         high = self.options.action_high or [1.0] * act_dim
+        if normalizer is not None and not self.options.action_low:  # behaviour cloning: the demonstrations' range
+            scale, offset = normalizer.params("action")
+            low, high = ((-1.0 - offset) / scale).tolist(), ((1.0 - offset) / scale).tolist()
         self.register_buffer("action_low", torch.tensor(low, dtype=torch.float32))
         self.register_buffer("action_high", torch.tensor(high, dtype=torch.float32))
+        if normalizer is not None:  # behaviour cloning: start from the store's statistics (min-max as mean / std)
+            scales, offsets = zip(*(normalizer.params(k) for k in self.keys), strict=True)
+            scale, offset = torch.cat([s.flatten() for s in scales]).double(), torch.cat([o.flatten() for o in offsets])
+            self.obs_norm.mean.copy_(-offset.double() / scale)
+            self.obs_norm.var.copy_(1.0 / scale**2)
+            self.obs_norm.count.fill_(1e6)  # later PPO updates move them slowly
 
     # ------------------------------------------------------------------ the math PPO needs
     def flat_obs(self, obs: Mapping[str, Any]) -> torch.Tensor:
@@ -188,13 +197,18 @@ class GaussianPolicy(PolicyModule):
         """Raw action units -> the [-1, 1] units the policy acts in (parity bounds of the export)."""
         return 2.0 / (self.action_high - self.action_low)
 
-    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Behaviour cloning (the baseline's pretraining): negative log-likelihood of the demonstrated actions."""
-        flat = self.flat_obs({k: batch[k] for k in self.keys})
+    def compute_loss(self, batch: Mapping[str, Any], **_: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Behaviour cloning (the baseline's pretraining): negative log-likelihood of the demonstrated actions.
+
+        `batch`: {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} as `dpstack train` gives it (the first action
+        is the one taken at the newest observation), or the keys at the top level.
+        """
+        obs = batch["obs"] if "obs" in batch else batch
+        flat = self.flat_obs({k: obs[k] for k in self.keys})
         act = batch["action"][:, 0] if batch["action"].dim() == 3 else batch["action"]
         u = 2.0 * (act - self.action_low) / (self.action_high - self.action_low) - 1.0
         loss = -self.distribution(flat).log_prob(u).sum(-1).mean()
-        return loss, {"nll": float(loss)}
+        return loss, {"nll": float(loss.detach())}
 
 
 class GaussianSession:

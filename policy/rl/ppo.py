@@ -53,6 +53,9 @@ class PPOConfig:
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
     out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
+    init: str | None = field(
+        default=None, metadata={"help": "start from this Gaussian checkpoint (e.g. behaviour-cloned) instead of scratch"}
+    )
     total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total"})
     num_envs: int = field(default=8, metadata={"help": "parallel environments"})
     vectorization: str = field(default="sync", metadata={"help": "sync | async (one worker process per env)"})
@@ -98,8 +101,8 @@ def scale_rewards(
     return rewards / torch.sqrt(norm.var.float() + 1e-8)
 
 
-def train(cfg: PPOConfig) -> dict[str, Any]:
-    """Run (or resume) Gaussian PPO; returns the last iteration's metrics."""
+def train(cfg: PPOConfig, init: GaussianPolicy | None = None) -> dict[str, Any]:
+    """Run (or resume) Gaussian PPO, from scratch or from the policy `init` (cfg.init); returns the last metrics."""
     from torch.utils.tensorboard import SummaryWriter
 
     out, latest = Path(cfg.out), Path(cfg.out) / "checkpoints" / "latest"
@@ -114,6 +117,12 @@ def train(cfg: PPOConfig) -> dict[str, Any]:
     options |= {"action_low": list(spec.action_low), "action_high": list(spec.action_high)}
     policy_cfg = PolicyConfig(method="gaussian", horizon=1, n_obs_steps=1, n_action_steps=1, method_kwargs=options)
     policy = GaussianPolicy(policy_cfg, spec.features, spec.action_feature)
+    if init is not None:
+        if not isinstance(init, GaussianPolicy):
+            raise ConfigError(f"init={cfg.init}: PPO starts from a Gaussian policy, got {type(init).__name__}")
+        if {k: f.shape for k, f in init.obs_features.items()} != {k: f.shape for k, f in spec.features.items()}:
+            raise ConfigError(f"init={cfg.init}: its observations do not match task {spec.name}'s")
+        policy = init  # its own network sizes, action range and observation statistics
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     return_norm, running_return = RunningNorm(1), torch.zeros(cfg.num_envs, dtype=torch.float64)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -1,0 +1,166 @@
+"""DPPO against the Gaussian baseline, from the same demonstrations, on the same harness and budget.
+
+For each task, every step is a `dpstack` command (echoed, logged, recorded in the JSON with its
+resumes) and is skipped when its output is complete:
+
+1. pretrained: the Diffusion Policy on the task's medium store that `python -m benchmarks.rl` made
+   (runs/dp-<task>-medium, runs/<task>-medium.zarr);
+2. DPPO: `dpstack finetune` from it for `--steps` env steps (resumed if the run exists);
+3. the baseline: a Gaussian MLP behaviour-cloned on the same store (`dpstack train policy=gaussian`),
+   then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`);
+4. `dpstack eval` of all four policies on `--eval-episodes` seeds from 100000 (never the seeds that the
+   runs evaluated on during training, which start at 200000);
+5. curves (training return of both runs and DPPO's deterministic evaluations against env steps) and
+   where DPPO's time goes (policy inference, simulation + harness, update; medians per iteration).
+
+    python -m benchmarks.finetune [--tasks halfcheetah] [--steps 1000000] [--eval-episodes 50]
+
+Writes benchmarks/results/finetune.{json,md} and finetune_<task>.png; runs live in runs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.policies import DPSTACK, run_command
+from benchmarks.report import write_results
+from benchmarks.rl import _eval, _spread, _state
+
+# DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
+PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
+
+
+def _history(run: Path) -> list[dict[str, Any]]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _run(command: list[str], run: Path, done: bool, log: Path, commands: list[str]) -> None:
+    """Run (or resume) `command` unless `done`; record what was run."""
+    if done:
+        return
+    if run.exists():
+        command = [*command, "resume=true"]
+    commands.append(shlex.join(["dpstack", *command[1:]]))
+    run_command(command, log)
+
+
+def plot(task: str, dppo: list[dict], ppo: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, history, style in (("DPPO (training)", dppo, "-"), ("Gaussian PPO from BC (training)", ppo, "--")):
+        points = [(h["env_steps"], h["return"]) for h in history if np.isfinite(h.get("return", np.nan))]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, alpha=0.7, label=label)
+    evals = [(h["env_steps"], h["eval_return"], h["eval_return_se"]) for h in dppo if "eval_return" in h]
+    if evals:
+        x, y, se = (np.array(v) for v in zip(*evals, strict=True))
+        ax.errorbar(x, y, yerr=se, marker="o", label="DPPO (deterministic evaluation)")
+    ax.set_title(task)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("episode return")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    runs = args.runs
+    log, commands = runs / f"finetune-{name}.log", []
+    row: dict[str, Any] = {"task": name, "commands": commands, "budget_env_steps": args.steps}
+    pretrained, store = runs / f"dp-{name}-medium", runs / f"{name}-medium.zarr"
+    if not (pretrained / "checkpoints" / "latest").exists() or not store.exists():
+        raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
+    # 2. DPPO
+    dppo = runs / f"dppo-{name}"
+    state = _state(dppo)
+    _run([DPSTACK, "finetune", f"checkpoint={pretrained}", f"task={name}", f"out={dppo}", f"total_steps={args.steps}",
+          f"eval_every={args.eval_every}", "progress=false"],
+         dppo, bool(state) and state["env_steps"] >= args.steps - 4 * 8 * 125 * 4, log, commands)  # fmt: skip
+    # 3. the Gaussian baseline: clone, then the same PPO harness and budget
+    bc, ppo = runs / f"bc-gaussian-{name}", runs / f"ppo-bc-{name}"
+    _run([DPSTACK, "train", f"task={name}", "policy=gaussian", f"dataset={store}", f"out={bc}",
+          f"steps={args.bc_steps}", "batch_size=256", "eval_episodes=0", "threads=2", "progress=false"],
+         bc, _state(bc).get("step", 0) >= args.bc_steps, log, commands)  # fmt: skip
+    _run([DPSTACK, "rl", "train", f"task={name}", f"init={bc}", f"out={ppo}", f"total_steps={args.steps}",
+          "checkpoint_every=10", "progress=false"],
+         ppo, _state(ppo).get("env_steps", 0) >= args.steps - 8 * 256, log, commands)  # fmt: skip
+    # 4. the four policies on the same evaluation seeds
+    for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo), ("bc", bc), ("ppo_bc", ppo)):
+        out = runs / (f"dp-{name}-medium-eval" if key == "pretrained" else f"{checkpoint.name}-eval")
+        record = _eval(checkpoint, out, args.eval_episodes, log, commands)
+        row[f"{key}_return"], row[f"{key}_return_se"] = _spread(record)
+    row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"]
+    row["published_dppo"] = PUBLISHED.get(name)
+    # 5. curves and time
+    dppo_history, ppo_history = _history(dppo), _history(ppo)
+    plot(name, dppo_history, ppo_history, args.out / f"finetune_{name}.png")
+    row["dppo_env_steps"] = dppo_history[-1]["env_steps"]
+    row["ppo_env_steps"] = ppo_history[-1]["env_steps"]
+    for key in ("rollout_s", "inference_s", "update_s", "sps"):
+        row[f"dppo_{key}"] = float(np.median([h[key] for h in dppo_history]))
+    row["dppo_iteration_s"] = row["dppo_rollout_s"] + row["dppo_update_s"]
+    row["dppo_simulation_s"] = row["dppo_rollout_s"] - row["dppo_inference_s"]
+    row["dppo_eval_curve"] = [
+        {"env_steps": h["env_steps"], "return": h["eval_return"], "se": h["eval_return_se"]}
+        for h in dppo_history
+        if "eval_return" in h
+    ]
+    print({k: v for k, v in row.items() if k not in ("commands", "dppo_eval_curve")}, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="halfcheetah")
+    parser.add_argument("--steps", type=int, default=1_000_000, help="env steps of each fine-tuning run")
+    parser.add_argument("--bc-steps", type=int, default=20_000, help="behaviour-cloning steps of the baseline")
+    parser.add_argument("--eval-every", type=int, default=25, help="DPPO iterations between evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    rows = [run_task(name, args) for name in args.tasks.split(",")]
+    previous = args.out / "finetune.json"
+    if previous.exists():  # keep the tasks this run did not measure
+        done = {r["task"] for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if r["task"] not in done] + rows
+    columns = [
+        ("task", "task"),
+        ("env steps", "dppo_env_steps"),
+        ("pretrained DP", "pretrained_return"),
+        ("DPPO", "dppo_return"),
+        ("+-", "dppo_return_se"),
+        ("DPPO / pretrained", "dppo_over_pretrained"),
+        ("DPPO published", "published_dppo"),
+        ("Gaussian BC", "bc_return"),
+        ("Gaussian BC + PPO", "ppo_bc_return"),
+        ("+- ", "ppo_bc_return_se"),
+        ("s / iteration", "dppo_iteration_s"),
+        ("inference s", "dppo_inference_s"),
+        ("simulation s", "dppo_simulation_s"),
+        ("update s", "dppo_update_s"),
+        ("env steps / s", "dppo_sps"),
+    ]
+    meta = {
+        "command": "python -m benchmarks.finetune " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "cpu": platform.processor() or platform.machine(),
+        "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands",
+    }
+    write_results(args.out, "finetune", rows, columns, meta)
+
+
+if __name__ == "__main__":
+    main()
