@@ -155,7 +155,8 @@ def main() -> None:
         ("env steps / s", "dppo_sps"),
     ]
     meta = {
-        "command": "python -m benchmarks.finetune " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": "python -m benchmarks.finetune "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "cpu": platform.processor() or platform.machine(),
         "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands",
     }

@@ -275,3 +275,32 @@ def test_a_non_finite_loss_names_the_iteration_and_keeps_the_checkpoint(weak_hop
     with pytest.raises(TrainingDiverged, match="iteration 1"):
         finetune(replace(cfg, resume=True), resumed, "hopper")
     assert (run / "checkpoints" / "latest" / "model.safetensors").read_bytes() == before
+
+
+def test_the_gaussian_baseline_clones_the_store_and_ppo_starts_from_it(weak_hopper: Path, tmp_path: Path) -> None:
+    from dpstack.policy.rl.ppo import PPOConfig
+    from dpstack.policy.rl.ppo import train as ppo_train
+
+    store = weak_hopper.parent / "random.zarr"
+    bc = tmp_path / "bc"
+    cfg = TrainConfig(task=HOPPER, policy=PolicyConfig(method="gaussian", horizon=1, n_obs_steps=1, n_action_steps=1,
+                      num_train_timesteps=1, method_kwargs={"hidden": [32, 32]}), dataset=str(store), out=str(bc),
+                      steps=150, batch_size=64, lr=3e-3, warmup_steps=5, eval_episodes=0, val_every=150,
+                      checkpoint_every=150, progress=False, threads=1)  # fmt: skip
+    train(cfg)
+    cloned = load_policy(bc)
+    # maximum likelihood on uniform actions in [-1, 1]: the std heads from 1 toward 1 / sqrt(3)
+    assert float(cloned.log_std.detach().exp().max()) < 0.9
+    # observation statistics from the store; the action range is the demonstrations' (uniform in [-1, 1])
+    states = EpisodeStore.open(store).read("state")
+    mid = (states.max(0) + states.min(0)) / 2
+    np.testing.assert_allclose(cloned.obs_norm.mean.numpy(), mid, rtol=1e-4, atol=1e-4)
+    assert np.all(cloned.action_low.numpy() > -1.0 - 1e-3) and np.all(cloned.action_low.numpy() < -0.99)
+    weights = {k: v.clone() for k, v in cloned.actor.state_dict().items()}
+    ppo = PPOConfig(task=HOPPER, out=str(tmp_path / "ppo"), total_steps=256, num_envs=2, ticks=128, minibatches=4,
+                    epochs=1, lr=0.0, progress=False)  # fmt: skip
+    ppo_train(ppo, cloned.train())
+    tuned = load_policy(tmp_path / "ppo")
+    assert tuned.options.hidden == [32, 32]
+    for key, value in tuned.actor.state_dict().items():  # lr 0: PPO's policy is the clone
+        torch.testing.assert_close(value, weights[key])
