@@ -203,7 +203,7 @@ class GaussianPolicy(PolicyModule):
         `batch`: {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} as `dpstack train` gives it (the first action
         is the one taken at the newest observation), or the keys at the top level.
         """
-        obs = batch["obs"] if "obs" in batch else batch
+        obs = batch.get("obs", batch)
         flat = self.flat_obs({k: obs[k] for k in self.keys})
         act = batch["action"][:, 0] if batch["action"].dim() == 3 else batch["action"]
         u = 2.0 * (act - self.action_low) / (self.action_high - self.action_low) - 1.0
