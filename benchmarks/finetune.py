@@ -42,6 +42,16 @@ def _history(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _finished(run: Path, steps: int) -> bool:
+    """Whether a fine-tuning run did all the iterations of a `steps` budget (ticks x envs x executed actions each)."""
+    latest = run / "checkpoints" / "latest"
+    if not (latest / "train_state.json").exists():
+        return False
+    config = json.loads((run / "train_config.json").read_text())
+    executed = json.loads((latest / "config.json").read_text())["policy"]["n_action_steps"]
+    return _state(run)["iteration"] >= steps // (config["num_envs"] * config["ticks"] * executed)
+
+
 def _run(command: list[str], run: Path, done: bool, log: Path, commands: list[str]) -> None:
     """Run (or resume) `command` unless `done`; record what was run."""
     if done:
@@ -85,10 +95,8 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
     # 2. DPPO
     dppo = runs / f"dppo-{name}"
-    state = _state(dppo)
     _run([DPSTACK, "finetune", f"checkpoint={pretrained}", f"task={name}", f"out={dppo}", f"total_steps={args.steps}",
-          f"eval_every={args.eval_every}", "progress=false"],
-         dppo, bool(state) and state["env_steps"] >= args.steps - 4 * 8 * 125 * 4, log, commands)  # fmt: skip
+          f"eval_every={args.eval_every}", "progress=false"], dppo, _finished(dppo, args.steps), log, commands)  # fmt: skip
     # 3. the Gaussian baseline: clone, then the same PPO harness and budget
     bc, ppo = runs / f"bc-gaussian-{name}", runs / f"ppo-bc-{name}"
     _run([DPSTACK, "train", f"task={name}", "policy=gaussian", f"dataset={store}", f"out={bc}",

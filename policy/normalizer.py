@@ -4,6 +4,9 @@ Each key maps to ``x * scale + offset``:
   * ``minmax``: per dimension, [min, max] -> [-1, 1]; a dimension whose range is below `eps` is only
     centred (scale 1), so a constant input does not blow up to huge values.
   * ``image``: uint8 [0, 255] (or float [0, 1]) -> [-1, 1], the same for every dataset.
+  * ``standard``: per dimension, (x - mean) / std (z-score; a dimension whose std is below `eps` is
+    only centred). For features with heavy tails (joint velocities of a noisy locomotion policy), where
+    min-max squeezes the typical values into a sliver of [-1, 1] around a few extreme ones.
   * ``identity``: passed through.
 
 The statistics are torch buffers: they travel in the policy's state dict (safetensors), move with
@@ -13,7 +16,7 @@ The statistics are torch buffers: they travel in the policy's state dict (safete
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from torch import nn
 from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
 
-MODES = ("minmax", "image", "identity")
+MODES = ("minmax", "standard", "image", "identity")
 _KEY = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -89,25 +92,45 @@ class Normalizer(nn.Module):
             elif mode == "image":
                 scale = 2.0 / 255.0 if store.dtype(key) == np.uint8 else 2.0
                 params[key] = (mode, torch.full((), scale), torch.full((), -1.0))
+            elif mode == "standard":
+                params[key] = (mode, *_standard_params(store, key, eps))
             else:
                 params[key] = (mode, *_minmax_params(store, key, eps))
         return cls(params)
 
 
-def _minmax_params(store: EpisodeStore, key: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _finite_blocks(store: EpisodeStore, key: str) -> Iterator[np.ndarray]:
+    """The key's rows block by block as float64, refusing an empty store and naming the first NaN / inf step."""
     if store.n_steps == 0:
         raise StoreError(f"{store.path}: cannot fit a normalizer for 'data/{key}' on an empty store")
-    low = np.full(store.row_shape(key), np.inf)
-    high = np.full(store.row_shape(key), -np.inf)
     offset_rows = 0
     for block in store.iter_blocks(key):
         block = block.astype(np.float64)
         if not np.isfinite(block).all():
             step = offset_rows + int(np.argwhere(~np.isfinite(block))[0][0])
             raise StoreError(f"{store.path}: key 'data/{key}' contains NaN or inf at step {step}")
+        offset_rows += block.shape[0]
+        yield block
+
+
+def _standard_params(store: EpisodeStore, key: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    count, total, squares = 0, np.zeros(store.row_shape(key)), np.zeros(store.row_shape(key))
+    for block in _finite_blocks(store, key):
+        count += block.shape[0]
+        total += block.sum(axis=0)
+        squares += (block**2).sum(axis=0)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    scale = 1.0 / np.where(std < eps, 1.0, std)
+    return torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(-mean * scale, dtype=torch.float32)
+
+
+def _minmax_params(store: EpisodeStore, key: str, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    low = np.full(store.row_shape(key), np.inf)
+    high = np.full(store.row_shape(key), -np.inf)
+    for block in _finite_blocks(store, key):
         low = np.minimum(low, block.min(axis=0))
         high = np.maximum(high, block.max(axis=0))
-        offset_rows += block.shape[0]
     span = high - low
     flat = span < eps
     scale = np.where(flat, 1.0, 2.0 / np.where(flat, 1.0, span))

@@ -32,6 +32,19 @@ def test_constant_dimension_is_centred_not_blown_up(small_store: EpisodeStore) -
     assert torch.allclose(normalizer.unnormalize("state", normalized), state, atol=1e-5)
 
 
+def test_standard_mode_gives_z_scores_and_centres_constant_dimensions(small_store: EpisodeStore) -> None:
+    normalizer = Normalizer.fit(small_store, {"state": "standard"})
+    state = small_store.read("state").astype(np.float64)
+    normalized = normalizer.normalize("state", torch.from_numpy(state).float()).double()
+    varying = state.std(0) > 1e-4
+    np.testing.assert_allclose(normalized.mean(0).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(normalized.std(0, unbiased=False).numpy()[varying], 1.0, atol=1e-4)
+    assert torch.all(normalized[:, 2] == 0.0)  # column 2 is constant 3.0: centred, scale 1
+    reloaded = Normalizer()
+    reloaded.load_state_dict(normalizer.state_dict())
+    assert reloaded.modes == {"state": "standard"}
+
+
 def test_image_mode_maps_uint8_to_unit_interval(small_store: EpisodeStore) -> None:
     normalizer = Normalizer.fit(small_store, {"image": "image"})
     pixels = torch.tensor([0, 255, 51], dtype=torch.uint8)
