@@ -43,7 +43,7 @@ class LocomotionEnv(TaskEnv):
         _, obs_dim, act_dim, hz, r_random, r_expert = BODIES[body]
         return TaskSpec(
             body,
-            {"state": Feature((obs_dim,))},
+            {"state": Feature((obs_dim,), normalize="standard")},  # heavy-tailed joint velocities: z-scores
             Feature((act_dim,)),
             (-1.0,) * act_dim,
             (1.0,) * act_dim,

@@ -111,7 +111,8 @@ class ChunkEnv(gym.Wrapper):
         self.history.observe({k: v[None] for k, v in obs.items()})
 
     def _stacked(self) -> dict[str, np.ndarray]:
-        return {k: v[0].copy() for k, v in self.history.buffers().items()}
+        """The history as views: the vector env copies them at once, and an episode's start makes new buffers."""
+        return {k: v[0] for k, v in self.history.buffers().items()}
 
     def _start(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         self._seed, self._length, self._return, self._first, self._idle = seed, 0, 0.0, True, False
@@ -135,7 +136,7 @@ class ChunkEnv(gym.Wrapper):
         decision, terminated, truncated, executed, info, total = None, False, False, 0, {}, 0.0
         for i in range(self.actions_per_tick):
             if i == self.actions_per_tick - self.latency_steps:
-                decision = self._stacked()  # the history the next chunk is computed from
+                decision = {k: v.copy() for k, v in self._stacked().items()}  # the next chunk's history
             start = time.perf_counter()
             action = chunk[offset + i]
             select_ms[i] = (time.perf_counter() - start) * 1000
@@ -437,10 +438,10 @@ def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray
     """The per-env fields of `ChunkEnv`'s packed info["tick"] (N, 4 + 2A)."""
     a = actions_per_tick
     return {
-        "executed": tick[:, 0].astype(int),
-        "offset": tick[:, 1].astype(int),
-        "terminated": tick[:, 2].astype(bool),
-        "truncated": tick[:, 3].astype(bool),
+        "executed": tick[:, 0].astype(np.int64),
+        "offset": tick[:, 1].astype(np.int64),
+        "terminated": tick[:, 2] != 0,
+        "truncated": tick[:, 3] != 0,
         "rewards": tick[:, 4 : 4 + a],
         "select_ms": tick[:, 4 + a :],
     }
