@@ -304,3 +304,24 @@ def test_the_gaussian_baseline_clones_the_store_and_ppo_starts_from_it(weak_hopp
     assert tuned.options.hidden == [32, 32]
     for key, value in tuned.actor.state_dict().items():  # lr 0: PPO's policy is the clone
         torch.testing.assert_close(value, weights[key])
+
+
+def test_a_unet_policy_fine_tunes_over_spaced_ddpm_steps(trained: Path, tmp_path: Path) -> None:
+    """The U-Net of the image-free maze policy, K = 10 spaced DDPM levels of its 100, the last K' = 3 tuned."""
+    from tests.conftest import MAZE
+
+    run = tmp_path / "ft"
+    cfg = DPPOConfig(checkpoint=str(trained), task=MAZE, out=str(run), num_envs=2, ticks=6, num_inference_steps=10,
+                     finetuned_steps=3, total_steps=2 * 2 * 6 * 5, minibatch_size=16, epochs=1, eval_every=0,
+                     eval_episodes=1, checkpoint_every=1, threads=1, progress=False)  # fmt: skip
+    finetune(cfg, load_policy(trained), MAZE.name)
+    tuned = load_policy(run)
+    # leading spacing over 100 levels: 90, 80, ..., 0; the last three (20, 10, 0) are fine-tuned
+    assert tuned.cfg.denoiser == "unet" and tuned.denoiser.below == 21
+    # its own sampler is the chain it was tuned on, so `dpstack eval` runs the tuned steps where they belong
+    assert tuned.default_sampler().name == "ddpm-10"
+    moved = [not torch.equal(a, b) for a, b in zip(tuned.denoiser.finetuned.parameters(),
+                                                    tuned.denoiser.pretrained.parameters(), strict=True)]  # fmt: skip
+    assert any(moved)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [1, 2] and "eval_return" in history[-1]

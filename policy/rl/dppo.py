@@ -166,7 +166,9 @@ def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> Denois
             )
     else:
         policy.denoiser = FinetunedDenoiser(policy.denoiser, below)
-        policy.cfg = replace(policy.cfg, finetuned_below=below)
+    # the checkpoint's own sampler becomes the chain it was fine-tuned on (DDIM evaluates with eta 0), so
+    # `dpstack eval`, the export and the ROS node run the fine-tuned steps where training put them
+    policy.cfg = replace(policy.cfg, finetuned_below=below, sampler=cfg.sampler, num_inference_steps=len(timesteps))
     policy.requires_grad_(False)
     policy.denoiser.finetuned.requires_grad_(True)
     return chain
@@ -404,7 +406,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.errorbar(x, y, yerr=se, marker="o", label="evaluation (deterministic)")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
-    ax.legend()
+    if train or evals:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
