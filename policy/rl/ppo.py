@@ -54,7 +54,8 @@ class PPOConfig:
     out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
     init: str | None = field(
-        default=None, metadata={"help": "start from this Gaussian checkpoint (e.g. behaviour-cloned) instead of scratch"}
+        default=None,
+        metadata={"help": "start from this Gaussian checkpoint (e.g. behaviour-cloned) instead of scratch"},
     )
     total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total"})
     num_envs: int = field(default=8, metadata={"help": "parallel environments"})
