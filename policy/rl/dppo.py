@@ -233,8 +233,9 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 "finetuned_steps": k_ft,
             },
         }
-        save_policy(latest, policy, extra=extra, train_state=(tensors, meta))
+        # metrics first: a kill between the two leaves extra lines, which resume drops, never a gap
         metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        save_policy(latest, policy, extra=extra, train_state=(tensors, meta))
         plot_curves(history, out / "curves.png")
         writer.flush()
 

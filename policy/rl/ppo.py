@@ -162,10 +162,11 @@ def train(cfg: PPOConfig, init: GaussianPolicy | None = None) -> dict[str, Any]:
             "task": asdict(cfg.task),
             "train": {"algorithm": "ppo", "iteration": iteration, "env_steps": env_steps},
         }
+        # metrics first: a kill between the two leaves extra lines, which resume drops, never a gap
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
         save_policy(latest, policy, extra=extra, train_state=(tensors, meta))
         if cfg.snapshot_every and iteration % cfg.snapshot_every == 0:
             save_policy(out / "checkpoints" / f"iter_{iteration:05d}", policy, extra=extra)
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
         plot_returns(history, out / "return_curve.png")
         writer.flush()
 
