@@ -27,6 +27,7 @@ class Command:
 COMMANDS = [
     Command(("collect",), "dpstack.commands.collect", "run a task's expert and store its demonstrations"),
     Command(("train",), "dpstack.commands.train", "train a Diffusion Policy or a Diffuser planner on an episode store"),
+    Command(("distill",), "dpstack.commands.distill", "distill a Diffusion Policy into a one-call consistency policy"),
     Command(("eval",), "dpstack.commands.eval", "evaluate a trained policy in closed loop (eval.json, videos)"),
     Command(("rl", "train"), "dpstack.commands.rl_train", "train a Gaussian policy with PPO in simulation (an expert)"),
     Command(("finetune",), "dpstack.commands.finetune", "fine-tune a Diffusion Policy in simulation with DPPO (RL)"),

@@ -12,6 +12,7 @@ so the continued run takes the same steps the uninterrupted one would have.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -39,7 +40,7 @@ from dpstack.policy.checkpoint import (
     resolve_checkpoint,
     save_policy,
 )
-from dpstack.policy.diffusion_policy import PolicyConfig
+from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from dpstack.policy.normalizer import Normalizer
 from dpstack.tasks import TaskConfig
 
@@ -73,6 +74,15 @@ class TrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` exactly where it stopped"})
     stop_after: int = field(default=0, metadata={"help": "end this run after N steps (0: run to `steps`)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    teacher: str = field(
+        default="",
+        metadata={
+            "help": "distill this Diffusion Policy checkpoint into a consistency policy (`dpstack distill`): the "
+            "student starts as its copy (policy= is ignored) and samples with sampler=consistency"
+        },
+    )
+    distill_grid: int = field(default=10, metadata={"help": "distillation: noise levels of the teacher's DDIM grid"})
+    target_decay: float = field(default=0.95, metadata={"help": "distillation: EMA decay of the target network"})
 
 
 # ---------------------------------------------------------------------- pure pieces (unit-tested)
@@ -179,6 +189,25 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _student_of(cfg: TrainConfig) -> tuple[torch.nn.Module, Any]:
+    """A consistency student (the teacher's copy, default sampler consistency) and its distillation state."""
+    from dpstack.methods import load_policy
+    from dpstack.policy.consistency import ConsistencyDistillation
+
+    teacher = load_policy(cfg.teacher)
+    if not isinstance(teacher, DiffusionPolicy):
+        raise ConfigError(f"teacher={cfg.teacher}: a {type(teacher).__name__}, distillation needs a Diffusion Policy")
+    teacher_task = teacher.checkpoint_config.get("task", {}).get("name")
+    if teacher_task != cfg.task.name:
+        raise ConfigError(f"teacher={cfg.teacher}: trained on task {teacher_task!r}, task is {cfg.task.name!r}")
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    student.cfg = dataclasses.replace(teacher.cfg, sampler="consistency", num_inference_steps=None)
+    try:
+        return student, ConsistencyDistillation(teacher, student, cfg.distill_grid, cfg.target_decay)
+    except ValueError as exc:
+        raise ConfigError(f"teacher={cfg.teacher}: {exc}") from None
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) training; returns the final metrics."""
     from torch.utils.tensorboard import SummaryWriter
@@ -194,6 +223,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     device = _device(cfg.device)
 
+    # distillation: the student is the teacher's network, normalizer and timing, sampled by consistency
+    policy, distill = _student_of(cfg) if cfg.teacher else (None, None)
+
     # data: the task declares the observation keys; episodes are split once, by seed
     spec = task_spec(cfg.task)
     obs_features, action_feature = spec.features, spec.action_feature
@@ -202,11 +234,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if problems:
         raise StoreError(f"{store.path}: does not fit task {spec.name}: " + "; ".join(problems))
     train_eps, val_eps = split_episodes(store.n_episodes, cfg.val_ratio, cfg.seed)
-    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in obs_features.items()}})
-    try:
-        policy = build_policy(cfg.policy, obs_features, action_feature, normalizer).to(device)
-    except ValueError as exc:
-        raise ConfigError(f"policy: {exc}") from None
+    if distill is not None:
+        policy.to(device), distill.to(device)
+    else:
+        normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in obs_features.items()}})
+        try:
+            policy = build_policy(cfg.policy, obs_features, action_feature, normalizer).to(device)
+        except ValueError as exc:
+            raise ConfigError(f"policy: {exc}") from None
     timing = policy.data_timing()
     train_set = SequenceDataset(store.path, list(obs_features), episodes=train_eps, **timing)
     val_set = SequenceDataset(store.path, list(obs_features), episodes=val_eps, **timing) if len(val_eps) else None
@@ -225,6 +260,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ema.load_state_dict(read_tensors(resolve_checkpoint(latest) / "model.safetensors"))
         load_optimizer_state(optimizer, tensors, meta)
         torch.set_rng_state(tensors["rng.torch"])
+        if distill is not None:
+            distill.target.load_state_dict(
+                {k[len("target.") :]: v for k, v in tensors.items() if k.startswith("target.")}
+            )
         step, epoch, batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         elapsed_before = meta.get("train_seconds", 0.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -246,6 +285,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def checkpoint() -> None:
         tensors, meta = optimizer_state(optimizer)
         tensors.update({f"model.{k}": v for k, v in policy.state_dict().items()})
+        if distill is not None:
+            tensors.update({f"target.{k}": v for k, v in distill.target.state_dict().items()})
         tensors["rng.torch"] = torch.get_rng_state()
         meta.update(step=step, epoch=epoch, batch_in_epoch=batch_in_epoch, train_seconds=elapsed())
         save_policy(
@@ -281,12 +322,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             epoch, batch_in_epoch = epoch + 1, 0
             batches = iter(_loader(train_set, cfg, epoch, 0))
             continue
-        loss, parts = policy.compute_loss(_to(batch, device))
+        batch = _to(batch, device)
+        loss, parts = distill.compute_loss(policy, batch) if distill else policy.compute_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
+        if distill is not None:
+            distill.update_target(policy)
         ema_update(ema, policy, ema_decay(step, cfg.ema_power, cfg.ema_max))
         step, batch_in_epoch = step + 1, batch_in_epoch + 1
         record: dict[str, Any] = {

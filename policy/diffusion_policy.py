@@ -179,7 +179,10 @@ class DiffusionPolicy(PolicyModule):
     SAMPLERS = SAMPLERS
 
     def default_sampler_options(self) -> dict[str, Any]:
-        return {"name": self.cfg.sampler, "num_inference_steps": self.cfg.num_inference_steps}
+        options = {"name": self.cfg.sampler}
+        if self.cfg.num_inference_steps is not None:  # samplers without steps (consistency) take none
+            options["num_inference_steps"] = self.cfg.num_inference_steps
+        return options
 
     def make_sampler(self, options: Any = None) -> Sampler:
         """A sampler laid out for this policy's window (`options`: see `PolicyModule.sampler_options`)."""

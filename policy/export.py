@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from dpstack.policy.diffusion_policy import DiffusionPolicy
-from dpstack.policy.samplers import Sampler
+from dpstack.policy.samplers import Sampler, max_calls_per_tick
 from dpstack.version import __version__
 
 FORMAT = "dpstack-onnx"
@@ -247,7 +247,12 @@ def export_policy(
         "n_action_steps": policy.cfg.n_action_steps,
         "actions_per_tick": policy.actions_per_tick(sampler),
         "actions_per_output": int(start_actions.shape[1]),
-        "sampler": {"name": sampler.name, "config": sampler_config or {}, "stateful": stateful},
+        "sampler": {
+            "name": sampler.name,
+            "config": sampler_config or {},
+            "stateful": stateful,
+            "max_calls_per_tick": max_calls_per_tick(sampler),
+        },
         "state": [
             {
                 "name": n,

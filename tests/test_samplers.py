@@ -150,7 +150,9 @@ def tiny_policy(**overrides) -> DiffusionPolicy:
             "action": ("minmax", torch.full((2,), 2 / 512), torch.full((2,), -1.0)),
         }
     )
-    cfg = PolicyConfig(denoiser="unet", preset="tiny", n_action_steps=5, noise_mode="streaming", **overrides)
+    cfg = PolicyConfig(
+        **{"denoiser": "unet", "preset": "tiny", "n_action_steps": 5, "noise_mode": "streaming", **overrides}
+    )
     features = {"agent_pos": Feature((2,)), "keypoints": Feature((16,))}
     return DiffusionPolicy(cfg, features, Feature((2,)), normalizer).eval()
 

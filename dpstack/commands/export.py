@@ -28,6 +28,9 @@ class Config:
     max_calls: int = field(
         default=32, metadata={"help": "most denoiser calls unrolled into one tick graph (export time and size)"}
     )
+    one_call_per_tick: bool = field(
+        default=False, metadata={"help": "refuse a sampler that makes more than one denoiser call in any tick"}
+    )
 
 
 def run(cfg: Config) -> int:
@@ -37,11 +40,19 @@ def run(cfg: Config) -> int:
     from dpstack.envs.registry import task_spec
     from dpstack.errors import ConfigError
     from dpstack.policy.export import export_policy, parity_check
+    from dpstack.policy.samplers import ONE_CALL_LAYOUTS, max_calls_per_tick
 
     policy, task, sampler = load_policy_and_sampler(
         cfg.checkpoint, cfg.sampler, methods=("diffusion_policy", "gaussian")
     )
-    calls = max(sampler.nfe(None), sampler.nfe({}) if sampler.stateful else 0)
+    calls = max_calls_per_tick(sampler)
+    if cfg.one_call_per_tick and calls > 1:
+        layouts = "".join(f"\n  - {layout}" for layout in ONE_CALL_LAYOUTS)
+        raise ConfigError(
+            f"one_call_per_tick: sampler {sampler.name} on this policy (n_action_steps="
+            f"{policy.cfg.n_action_steps}) makes up to {calls} denoiser calls in one tick; layouts that make "
+            f"one:{layouts}"
+        )
     if calls > cfg.max_calls:
         raise ConfigError(
             f"sampler {sampler.name} unrolls {calls} denoiser calls into one tick graph (max_calls={cfg.max_calls}); "

@@ -10,9 +10,12 @@ A tick shifts the buffer by one chunk (the executed chunk becomes the new prefix
 noise at the top level K - 1, and runs L denoiser calls; each call lowers every noisy position by one
 level, so chunk 0 comes out clean and every other chunk ends one chunk lower. With K = L * n_chunks and
 `chunk` actions per tick that is L / chunk network evaluations per executed action (1 when L = chunk).
-The first tick of an episode denoises the whole window at a constant level (K calls, like DDIM-K) and
-then noises chunk i to its level with the forward process, so the buffer starts in the distribution
-the network was trained on.
+The first tick of an episode denoises the whole window at a constant level (`start_steps` calls of
+DDIM over the same levels; K by default) and then noises chunk i to its level with the forward process,
+so the buffer starts in the distribution the network was trained on. `start_steps=1` makes the start
+one call as well (a one-step estimate of the window, which the steady ticks refine as it moves down
+the buffer): with chunks of one action (policy=unet-streaming-per-action) no tick of an episode then
+makes more than one network call.
 
 Training ("streaming" noise mode of the policy): with probability `chunkwise_weight` (0.8) a sample
 gets chunk-wise levels, chunk i at floor(N (i + u) / h) with one u ~ U[0, 1) per sample and the
@@ -89,8 +92,14 @@ class StreamingSampler:
     scheduler: DDIMScheduler | DDPMScheduler
     layout: StreamLayout
     num_inference_steps: int
+    start_steps: int | None = None  # calls of an episode's first tick (None: num_inference_steps)
 
     def __post_init__(self) -> None:
+        if self.start_steps is not None and not 1 <= self.start_steps <= self.num_inference_steps:
+            raise ValueError(
+                f"streaming: start_steps must be in [1, num_inference_steps={self.num_inference_steps}], "
+                f"got {self.start_steps}"
+            )
         if self.num_inference_steps % self.layout.n_chunks:
             raise ValueError(
                 f"streaming: num_inference_steps ({self.num_inference_steps}) must be a multiple of the number of "
@@ -101,7 +110,12 @@ class StreamingSampler:
 
     @property
     def name(self) -> str:
-        return f"streaming-{self.num_inference_steps}"
+        start = "" if self.first_tick_calls == self.num_inference_steps else f"-start{self.first_tick_calls}"
+        return f"streaming-{self.num_inference_steps}{start}"
+
+    @property
+    def first_tick_calls(self) -> int:
+        return self.start_steps or self.num_inference_steps
 
     @property
     def actions_per_tick(self) -> int:
@@ -145,12 +159,12 @@ class StreamingSampler:
         return self.layout.prefix + self.layout.chunk
 
     def nfe(self, state: SamplerState) -> int:
-        return self.num_inference_steps if state is None else self.levels_per_chunk
+        return self.first_tick_calls if state is None else self.levels_per_chunk
 
     def noise_shape(self, batch: int, horizon: int, action_dim: int, state: SamplerState = None) -> tuple[int, ...]:
         if horizon != self.layout.horizon:
             raise ValueError(f"streaming sampler built for horizon {self.layout.horizon}, got {horizon}")
-        calls = self.num_inference_steps + 1 if state is None else self.levels_per_chunk
+        calls = self.first_tick_calls + 1 if state is None else self.levels_per_chunk
         return (calls + 1, batch, horizon, action_dim)
 
     @torch.no_grad()
@@ -166,7 +180,7 @@ class StreamingSampler:
 
     def _first_buffer(self, denoiser: Denoiser, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         # the whole window at a constant level over the same K trailing-spaced levels
-        full = ChunkSampler(self.scheduler, self.num_inference_steps, spacing="trailing")
+        full = ChunkSampler(self.scheduler, self.first_tick_calls, spacing="trailing")
         x = full.sample(denoiser, cond, noise[:-1])
         # chunk i sits at level i L - 1 at the end of a tick (chunk 0 clean): noise the clean window there
         end_levels = (self.start_levels() - self.levels_per_chunk).clamp(min=-1)
@@ -199,8 +213,11 @@ class StreamingOptions:
         metadata={"help": "DDIM levels, a multiple of the chunk count (None: one call per executed action)"},
     )
     eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)"})
+    start_steps: int | None = field(
+        default=None, metadata={"help": "calls of an episode's first tick (None: num_inference_steps; 1: one call)"}
+    )
 
     def build(self, window: SamplerWindow) -> StreamingSampler:
         layout = StreamLayout(window.horizon, window.n_obs_steps - 1, window.n_action_steps)
         steps = self.num_inference_steps or layout.n_chunks * window.n_action_steps
-        return StreamingSampler(DDIMScheduler(window.schedule, eta=self.eta), layout, steps)
+        return StreamingSampler(DDIMScheduler(window.schedule, eta=self.eta), layout, steps, self.start_steps)
