@@ -29,7 +29,7 @@ from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_exported
 from dpstack.policy.export import export_policy, parity_check
 from dpstack.policy.runtime import OnnxPolicy
-from dpstack.policy.samplers import DDIMOptions, RTIOptions, StreamingOptions
+from dpstack.policy.samplers import ConsistencyOptions, DDIMOptions, RTIOptions, StreamingOptions, max_calls_per_tick
 from dpstack.tasks import TaskConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -38,6 +38,9 @@ LINEUP = {
     "ddim-4": ("standard", DDIMOptions(num_inference_steps=4)),
     "rti [2,1,0]": ("standard", RTIOptions(first="ddim", num_inference_steps=10)),
     "streaming-15": ("streaming", StreamingOptions()),
+    "per-action streaming-15, one-call start": ("per_action", StreamingOptions(start_steps=1)),
+    "consistency-1": ("distilled", ConsistencyOptions()),
+    "consistency-2": ("distilled", ConsistencyOptions(timesteps=[90, 50])),
 }
 
 
@@ -79,17 +82,43 @@ def time_ticks(policy: Any, sampler: Any, runtime: OnnxPolicy, ticks: int, seed:
     }
 
 
+def time_control_ticks(runtime: OnnxPolicy, policy: Any, ticks: int, seed: int = 0) -> dict[str, float]:
+    """Every control tick of an episode as a controller sees it (`runtime.act`: pops and inferences alike)."""
+    rng = np.random.default_rng(seed)
+    runtime.reset(seed=seed)
+    times = []
+    for history in _histories(policy, ticks, rng):
+        obs = {k: v[0, -1] for k, v in history.items()}
+        t0 = time.perf_counter()
+        runtime.act(obs)
+        times.append((time.perf_counter() - t0) * 1000)
+    steady = np.asarray(times[1:])
+    return {
+        "control_ms_p50": float(np.percentile(steady, 50)),
+        "control_ms_p99": float(np.percentile(steady, 99)),
+        "control_ms_max": float(steady.max()),
+        "first_tick_ms": times[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standard", required=True)
     parser.add_argument("--streaming")
+    parser.add_argument("--per-action", help="a policy=unet-streaming-per-action run of the same recipe")
+    parser.add_argument("--distilled", help="a consistency student of --standard (dpstack distill)")
     parser.add_argument("--ticks", type=int, default=300)
     parser.add_argument("--episodes", type=int, default=0, help="closed-loop episodes through the runtime (0: skip)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {'; '.join(LINEUP)}")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-export"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    checkpoints = {"standard": args.standard, "streaming": args.streaming}
+    checkpoints = {
+        "standard": args.standard,
+        "streaming": args.streaming,
+        "per_action": args.per_action,
+        "distilled": args.distilled,
+    }
     only = [s for s in args.only.split(",") if s]
     rows = []
     for label, (which, sampler_cfg) in LINEUP.items():
@@ -110,10 +139,12 @@ def main() -> None:
             "sampler": label,
             "sampler_name": sampler.name,
             "network_evaluations_per_tick": sampler.nfe({} if sampler.stateful else None),
+            "max_calls_per_tick": max_calls_per_tick(sampler),
             "export_s": export_s,
             "max_abs_diff_raw": parity["raw"],
             "max_abs_diff_normalized": parity["normalized"],
             **time_ticks(policy, sampler, runtime, args.ticks),
+            **time_control_ticks(runtime, policy, args.ticks),
         }
         row["speedup"] = row["torch_ms_p50"] / row["onnx_ms_p50"]
         if args.episodes:
@@ -130,6 +161,11 @@ def main() -> None:
         ("PyTorch p50 ms", "torch_ms_p50"),
         ("PyTorch p99 ms", "torch_ms_p99"),
         ("speed-up", "speedup"),
+        ("max calls / tick", "max_calls_per_tick"),
+        ("control tick p50 ms", "control_ms_p50"),
+        ("control tick p99 ms", "control_ms_p99"),
+        ("control tick max ms", "control_ms_max"),
+        ("first tick ms", "first_tick_ms"),
         ("max abs diff (raw)", "max_abs_diff_raw"),
         ("max abs diff (normalized)", "max_abs_diff_normalized"),
     ]

@@ -8,13 +8,29 @@ uses: a large fp32 matmul (GFLOP/s) and a sum over a buffer (GB/s), once far lar
 (DRAM) and once the size of the weights (what a batch-1 control loop re-reads every call, and what
 stays in a large L3 between calls). Both floors are reported; latencies are quoted as multiples of
 the DRAM one, the conservative bound.
+
+Run as a benchmark, it exports one checkpoint's one-call tick (per-action streaming: one denoiser call,
+the buffer shift and the normalization) and times it through ONNX Runtime under several session
+settings, alternating them call by call on the same inputs (batch 1): graph optimization levels,
+IO binding, 1 or 2 intra-op threads, int8 weights of the MatMuls (dynamic quantization) and of every
+Conv and MatMul. Each variant's parity against the fp32 graph is measured in normalized action units.
+
+    python -m benchmarks.floor --checkpoint runs/pusht-unet-stream1 --calls 500
+
+Writes benchmarks/results/floor.{json,md}.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import platform
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -42,12 +58,15 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
 
 
 def read_gbps(n_bytes: int, threads: int, repeats: int = 20) -> float:
-    """Measured read rate (GB/s): a sum over a float32 buffer of `n_bytes`."""
+    """Measured read rate (GB/s) over a float32 buffer of `n_bytes`: the faster of a sum and a dot product
+    (the higher rate gives the lower, stricter floor)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         buffer = torch.ones(max(n_bytes // 4, 1))
-        seconds = _median_seconds(lambda: buffer.sum(), repeats)
+        seconds = min(
+            _median_seconds(lambda: buffer.sum(), repeats), _median_seconds(lambda: buffer.dot(buffer), repeats)
+        )
     finally:
         torch.set_num_threads(previous)
     return buffer.numel() * 4 / seconds / 1e9
@@ -80,3 +99,142 @@ def network_floor(cost: dict[str, float], threads: int) -> dict[str, float]:
         "floor_ms": floor_dram,
         "floor_cached_ms": floor_cached,
     }
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+def _session(path: Path, threads: int = 1, level: str = "ORT_ENABLE_ALL") -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _variants(model: Path, feeds: dict[str, np.ndarray], work: Path) -> dict[str, tuple[Callable[[], Any], Any]]:
+    """name -> (one call, its session) for every runtime setting compared."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    sessions = {
+        "fp32, optimization all (the runtime's)": _session(model),
+        "fp32, optimization basic": _session(model, level="ORT_ENABLE_BASIC"),
+        "fp32, optimization disabled": _session(model, level="ORT_DISABLE_ALL"),
+        "fp32, 2 threads": _session(model, threads=2),
+    }
+    for name, ops in (("int8 MatMul weights", ["MatMul", "Gemm"]), ("int8 Conv + MatMul weights", ["Conv", "MatMul"])):
+        path = work / f"{name.split()[0]}-{len(ops)}.onnx"
+        quantize_dynamic(model, path, op_types_to_quantize=ops, weight_type=QuantType.QInt8)
+        sessions[name] = _session(path)
+    calls = {name: (lambda s=s: s.run(None, feeds), s) for name, s in sessions.items()}
+    runtime = sessions["fp32, optimization all (the runtime's)"]
+    binding = runtime.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for output in runtime.get_outputs():
+        binding.bind_output(output.name, "cpu")
+    calls["fp32, IO binding"] = (lambda: runtime.run_with_iobinding(binding), None)
+    return calls
+
+
+def main() -> None:
+    from benchmarks.report import write_results
+    from dpstack.envs.registry import task_spec
+    from dpstack.methods import load_policy
+    from dpstack.policy.export import export_policy
+    from dpstack.policy.samplers import StreamingOptions
+    from dpstack.tasks import TaskConfig
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a per-action streaming run (one call per tick)")
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-floor"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    policy = load_policy(args.checkpoint).eval()
+    task = TaskConfig(**policy.checkpoint_config["task"])
+    sampler = policy.make_sampler(StreamingOptions(start_steps=1))
+    if sampler.nfe({}) != 1:
+        raise SystemExit(f"{args.checkpoint}: sampler {sampler.name} makes {sampler.nfe({})} calls per tick, not 1")
+    spec = task_spec(task)
+    export_policy(policy, sampler, args.out, spec.action_low, spec.action_high, spec.control_hz, vars(task))
+    meta = json.loads((args.out / "policy.json").read_text())
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec_in in meta["graphs"]["tick"]["inputs"]:
+        shape = [1 if d == "batch" else d for d in spec_in["shape"]]
+        feeds[spec_in["name"]] = rng.standard_normal(shape).astype(spec_in["dtype"])
+    for key in policy.obs_features:  # observations inside the normalizer's range
+        scale, offset = (t.numpy() for t in policy.normalizer.params(key))
+        feeds[key] = ((rng.uniform(-1, 1, feeds[key].shape) - offset) / scale).astype(np.float32)
+    feeds["buffer"] = rng.uniform(-1, 1, feeds["buffer"].shape).astype(np.float32)
+    calls = _variants(args.out / "policy.onnx", feeds, args.out)
+    reference = calls["fp32, optimization all (the runtime's)"][0]()[0]
+    action_scale = np.abs(policy.normalizer.params("action")[0].numpy())
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for fn, _ in calls.values():
+        for _ in range(20):
+            fn()
+    for _ in range(args.calls):  # alternate: every variant sees the same machine state
+        for name, (fn, _) in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    sample = torch.zeros(1, policy.cfg.horizon, policy.action_dim)
+    cost = denoiser_cost(
+        policy.denoiser,
+        sample,
+        torch.zeros(1, policy.cfg.horizon, dtype=torch.long),
+        torch.zeros(1, policy.obs_encoder.output_dim),
+    )
+    floors = {threads: network_floor(cost, threads) for threads in (1, 2)}
+    rows = []
+    for name, (fn, session) in calls.items():
+        threads = 2 if "2 threads" in name else 1
+        floor = floors[threads]
+        values = np.asarray(times[name])
+        parity = float((np.abs(fn()[0] - reference) * action_scale).max()) if session is not None else 0.0
+        rows.append(
+            {
+                "variant": name,
+                "threads": threads,
+                "call_ms_p50": float(np.percentile(values, 50)),
+                "call_ms_p99": float(np.percentile(values, 99)),
+                "call_ms_max": float(values.max()),
+                "over_floor_p50": float(np.percentile(values, 50)) / floor["floor_ms"],
+                "over_cached_floor_p50": float(np.percentile(values, 50)) / floor["floor_cached_ms"],
+                "parity_normalized": parity,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    columns = [
+        ("ONNX Runtime setting", "variant"),
+        ("threads", "threads"),
+        ("call p50 ms", "call_ms_p50"),
+        ("call p99 ms", "call_ms_p99"),
+        ("call max ms", "call_ms_max"),
+        ("p50 / floor (DRAM)", "over_floor_p50"),
+        ("p50 / floor (weights cached)", "over_cached_floor_p50"),
+        ("max diff vs fp32 (normalized)", "parity_normalized"),
+    ]
+    write_results(
+        RESULTS,
+        "floor",
+        rows,
+        columns,
+        {
+            "checkpoint": args.checkpoint,
+            "sampler": sampler.name,
+            "calls": args.calls,
+            "batch": 1,
+            "floor_1_thread": floors[1],
+            "floor_2_threads": floors[2],
+            "cpu": platform.processor() or platform.machine(),
+            "command": f"python -m benchmarks.floor --checkpoint {args.checkpoint} --calls {args.calls}",
+        },
+    )
+
+
+RESULTS = Path(__file__).parent / "results"
+
+if __name__ == "__main__":
+    main()

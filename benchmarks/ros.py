@@ -16,6 +16,7 @@ Two parts, each written as JSON + a markdown table under benchmarks/results/:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -91,72 +92,97 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def bench_stress(model: Path, flood_hz: float, flood_s: float, dropout_s: float, out: Path) -> list[dict[str, Any]]:
-    import rclpy
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
-    from std_msgs.msg import Float32MultiArray
+class NodeUnderTest:
+    """One `dpstack ros policy` process plus a peer node in this process that feeds it and listens."""
 
-    from dpstack.envs.registry import make_env
-    from dpstack.ros.messages import COMMAND_QOS, SENSOR_QOS, observation_topics
-    from dpstack.tasks import TaskConfig
+    def __init__(self, model: Path, out: Path, *node_args: str) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from std_msgs.msg import Float32MultiArray
 
-    meta = read_export_metadata(model)
-    rate = float(meta["control_hz"])
-    low, high = np.asarray(meta["action"]["low"]), np.asarray(meta["action"]["high"])
-    watchdog = 0.5
-    env = make_env(TaskConfig(**meta["task"]))
-    obs, _ = env.reset(seed=0)
-    topics = observation_topics(meta["observations"])
-    messages = [(t, t.encode(obs[t.key])) for t in topics]
-    domain = str(150 + os.getpid() % 50)
-    child_env = {**os.environ, "ROS_DOMAIN_ID": domain, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "policy.log", "w")  # noqa: SIM115 (kept open for the child's lifetime)
-    node_proc = subprocess.Popen(
-        [sys.executable, "-m", "dpstack.cli", "ros", "policy", f"model={model}", "seed=0",
-         f"watchdog_timeout={watchdog}", "diagnostics_period=0.25", "stats_window=100000"],
-        env=child_env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    os.environ.update({k: child_env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    rclpy.init()
-    peer = Node("dpstack_stress")
-    actions: list[tuple[float, np.ndarray]] = []
-    diagnostics: dict[str, str] = {}
-    peer.create_subscription(
-        Float32MultiArray, "action", lambda m: actions.append((time.monotonic(), np.array(m.data))), COMMAND_QOS
-    )
+        from dpstack.envs.registry import make_env
+        from dpstack.ros.messages import COMMAND_QOS, SENSOR_QOS, observation_topics
+        from dpstack.tasks import TaskConfig
 
-    def on_diagnostics(msg: DiagnosticArray) -> None:
-        diagnostics.update({kv.key: kv.value for kv in msg.status[0].values})
+        meta = read_export_metadata(model)
+        env = make_env(TaskConfig(**meta["task"]))
+        obs, _ = env.reset(seed=0)
+        topics = observation_topics(meta["observations"])
+        messages = [(t, t.encode(obs[t.key])) for t in topics]
+        domain = str(150 + os.getpid() % 50)
+        child_env = {**os.environ, "ROS_DOMAIN_ID": domain, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = open(out / "policy.log", "w")  # noqa: SIM115 (kept open for the child's lifetime)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dpstack.cli", "ros", "policy", f"model={model}", "seed=0", *node_args],
+            env=child_env, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        os.environ.update({k: child_env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+        rclpy.init()
+        self.peer = Node("dpstack_bench")
+        self.actions: list[tuple[float, np.ndarray]] = []
+        self.diagnostics: dict[str, str] = {}
+        self.peer.create_subscription(
+            Float32MultiArray,
+            "action",
+            lambda m: self.actions.append((time.monotonic(), np.array(m.data))),
+            COMMAND_QOS,
+        )
 
-    peer.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-    pubs = [(peer.create_publisher(t.msg_type, t.topic, SENSOR_QOS), msg) for t, msg in messages]
-    executor = SingleThreadedExecutor()
-    executor.add_node(peer)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+        def on_diagnostics(msg: DiagnosticArray) -> None:
+            self.diagnostics.update({kv.key: kv.value for kv in msg.status[0].values})
 
-    def publish_for(seconds: float, hz: float) -> tuple[int, float]:
+        self.peer.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        self.pubs = [(self.peer.create_publisher(t.msg_type, t.topic, SENSOR_QOS), msg) for t, msg in messages]
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.peer)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+        self.out = out
+
+    def publish_for(self, seconds: float, hz: float) -> tuple[int, float]:
         """Publish every observation topic at `hz` for `seconds`; returns (rounds, time of the last)."""
         start = time.monotonic()
         rounds, last = 0, start
         while (now := time.monotonic()) < start + seconds:
-            for pub, msg in pubs:
+            for pub, msg in self.pubs:
                 pub.publish(msg)
             rounds += 1
             last = now
             time.sleep(max(0.0, start + rounds / hz - time.monotonic()))
         return rounds, last
 
+    def wait_until_acting(self, hz: float) -> None:
+        deadline = time.monotonic() + 60
+        while not self.actions:
+            self.publish_for(0.5, hz)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the policy node did not start acting; see {self.out / 'policy.log'}")
+
+    def close(self) -> None:
+        import rclpy
+
+        self.proc.send_signal(2)
+        self.proc.wait(10)
+        self.executor.shutdown()
+        self.spinner.join(timeout=5)
+        self.peer.destroy_node()
+        rclpy.try_shutdown()
+        self.log.close()
+
+
+def bench_stress(model: Path, flood_hz: float, flood_s: float, dropout_s: float, out: Path) -> list[dict[str, Any]]:
+    meta = read_export_metadata(model)
+    rate = float(meta["control_hz"])
+    low, high = np.asarray(meta["action"]["low"]), np.asarray(meta["action"]["high"])
+    watchdog = 0.5
+    node = NodeUnderTest(model, out, f"watchdog_timeout={watchdog}", "diagnostics_period=0.25", "stats_window=100000")
+    actions, diagnostics, publish_for, node_proc = node.actions, node.diagnostics, node.publish_for, node.proc
     rows = []
     try:
-        deadline = time.monotonic() + 60
-        while not actions:  # the node is up and acting
-            publish_for(0.5, rate)
-            if node_proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the policy node did not start acting; see {out / 'policy.log'}")
+        node.wait_until_acting(rate)
         for phase, hz, seconds in (
             ("calm", rate, 5.0),
             ("1 kHz flood", flood_hz, flood_s),
@@ -219,33 +245,84 @@ def bench_stress(model: Path, flood_hz: float, flood_s: float, dropout_s: float,
         )
         print(rows[-1], flush=True)
     finally:
-        node_proc.send_signal(2)
-        node_proc.wait(10)
-        executor.shutdown()
-        spinner.join(timeout=5)
-        peer.destroy_node()
-        rclpy.try_shutdown()
-        log.close()
+        node.close()
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- rate
+def bench_rate(models: list[Path], rates: list[float], seconds: float, out: Path) -> list[dict[str, Any]]:
+    """Per model and control rate: one node process for `seconds` at that rate, observations fed at it.
+
+    Sustained means no deadline miss and every tick's action published (within 1%).
+    """
+    rows = []
+    for model in models:
+        sampler = read_export_metadata(model)["sampler"]
+        for hz in rates:
+            node = NodeUnderTest(
+                model, out / f"{model.name}-{hz:g}hz", f"rate_hz={hz}", "diagnostics_period=0.5", "stats_window=1000000"
+            )
+            try:
+                node.wait_until_acting(hz)
+                node.publish_for(1.0, hz)  # settle
+                before = dict(node.diagnostics)
+                first = len(node.actions)
+                start = time.monotonic()
+                node.publish_for(seconds, hz)
+                elapsed = time.monotonic() - start
+                node.publish_for(1.2, hz)  # a diagnostics message covering the run
+                published = sum(1 for t, _ in node.actions[first:] if t <= start + elapsed)
+                misses = int(node.diagnostics["deadline_misses"]) - int(before.get("deadline_misses", 0))
+                row = {
+                    "model": model.name,
+                    "sampler": sampler["name"],
+                    "max_calls_per_tick": sampler.get("max_calls_per_tick", ""),
+                    "rate_hz": hz,
+                    "seconds": round(elapsed, 1),
+                    "actions_per_s": published / elapsed,
+                    "deadline_misses": misses,
+                    "sustained": bool(misses == 0 and published >= 0.99 * hz * elapsed),
+                    **{
+                        k: float(node.diagnostics[k])
+                        for k in (
+                            "tick_latency_p50_ms",
+                            "tick_latency_p99_ms",
+                            "tick_latency_max_ms",
+                            "inference_p50_ms",
+                            "inference_p99_ms",
+                            "inference_max_ms",
+                        )
+                    },
+                }
+            finally:
+                node.close()
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("runs/bench-export/pusht-streaming-15"))
-    parser.add_argument("--part", choices=["loop", "stress", "all"], default="all")
+    parser.add_argument("--part", choices=["loop", "stress", "rate", "all"], default="all")
+    parser.add_argument("--rate-models", type=Path, nargs="*", default=[], help="export dirs for --part rate")
+    parser.add_argument("--rates", default="10,50,100,200,500", help="control rates (Hz) for --part rate")
+    parser.add_argument("--seconds", type=float, default=60.0, help="seconds per rate for --part rate")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--flood-hz", type=float, default=1000.0)
     parser.add_argument("--flood-s", type=float, default=10.0)
     parser.add_argument("--dropout-s", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-ros"))
     args = parser.parse_args()
-    if not (args.model / "policy.json").is_file():
-        sys.exit(
-            f"{args.model}: not an export dir; make one with `dpstack export checkpoint=<run> sampler=streaming out=...`"
-        )
+    models = args.rate_models if args.part == "rate" and args.rate_models else [args.model]
+    for model in models:
+        if not (model / "policy.json").is_file():
+            sys.exit(
+                f"{model}: not an export dir; make one with `dpstack export checkpoint=<run> sampler=streaming out=...`"
+            )
     meta = {
         "model": str(args.model),
-        "sampler": read_export_metadata(args.model)["sampler"]["name"],
+        "sampler": read_export_metadata(models[0])["sampler"]["name"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
     if args.part in ("loop", "all"):
@@ -280,6 +357,27 @@ def main() -> None:
             ("recovery s", "recovery_s"),
         ]
         write_results(RESULTS, "ros_stress", rows, columns, meta)
+    if args.part == "rate":
+        rates = [float(r) for r in args.rates.split(",")]
+        rows = bench_rate(models, rates, args.seconds, args.out / "rate")
+        columns = [
+            ("model", "model"),
+            ("sampler", "sampler"),
+            ("max calls / tick", "max_calls_per_tick"),
+            ("rate Hz", "rate_hz"),
+            ("actions / s", "actions_per_s"),
+            ("deadline misses", "deadline_misses"),
+            ("sustained", "sustained"),
+            ("tick p50 ms", "tick_latency_p50_ms"),
+            ("tick p99 ms", "tick_latency_p99_ms"),
+            ("tick max ms", "tick_latency_max_ms"),
+            ("inference p50 ms", "inference_p50_ms"),
+            ("inference p99 ms", "inference_p99_ms"),
+            ("inference max ms", "inference_max_ms"),
+        ]
+        command = f"python -m benchmarks.ros --part rate --rate-models {' '.join(map(str, models))} "
+        command += f"--rates {args.rates} --seconds {args.seconds:g}"
+        write_results(RESULTS, "ros_rate", rows, columns, {**meta, "seconds": args.seconds, "command": command})
 
 
 if __name__ == "__main__":

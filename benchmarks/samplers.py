@@ -3,10 +3,13 @@
 One run, one task, the same seeds for every sampler, batch 1 (one robot), `threads` torch threads.
 The chunk samplers and RTI act with a standard Diffusion Policy checkpoint; streaming needs a policy
 trained with `policy.noise_mode=streaming` of the same recipe (same data, network and steps), which is
-also evaluated with DDPM-100 to show what the streaming training costs the standard sampler.
+also evaluated with DDPM-100 to show what the streaming training costs the standard sampler. The
+one-call-per-tick rows use a per-action streaming policy (`policy=unet-streaming-per-action`) and a
+consistency student distilled from the standard policy (`dpstack distill`).
 
     python -m benchmarks.samplers --task pusht --standard runs/pusht-unet-step10000 \
-        --streaming runs/pusht-unet-streaming --episodes 50
+        --streaming runs/pusht-unet-streaming --per-action runs/pusht-unet-stream1 \
+        --distilled runs/pusht-consistency --episodes 50
 
 Rows go to benchmarks/results/samplers.json (merged by task, so tasks can be run one at a time) and
 samplers.md; each evaluation's eval.json is kept under --out.
@@ -27,12 +30,19 @@ from benchmarks.report import write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
-from dpstack.policy.samplers import DDIMOptions, DDPMOptions, RTIOptions, SamplerOptions, StreamingOptions
+from dpstack.policy.samplers import (
+    ConsistencyOptions,
+    DDIMOptions,
+    DDPMOptions,
+    RTIOptions,
+    SamplerOptions,
+    StreamingOptions,
+)
 from dpstack.tasks import TaskConfig
 
 RESULTS = Path(__file__).parent / "results"
 
-# key -> (row label, checkpoint: "standard" | "streaming", sampler config)
+# key -> (row label, checkpoint: "standard" | "streaming" | "per_action" | "distilled", sampler config)
 LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
     "ddpm-100": ("ddpm-100", "standard", DDPMOptions()),
     "ddim-10": ("ddim-10", "standard", DDIMOptions(num_inference_steps=10)),
@@ -46,6 +56,15 @@ LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
     "rti-3": ("rti [2,1,0], 3 actions/tick", "standard", RTIOptions(actions_per_tick=3)),
     "streaming": ("streaming-15, 5 actions/tick", "streaming", StreamingOptions()),
     "streaming-ddpm": ("ddpm-100 on the streaming-trained policy", "streaming", DDPMOptions()),
+    "per-action": (
+        "per-action streaming-15, one-call start (1 call/tick)",
+        "per_action",
+        StreamingOptions(start_steps=1),
+    ),
+    "per-action-full-start": ("per-action streaming-15, full start", "per_action", StreamingOptions()),
+    "per-action-ddpm": ("ddpm-100 on the per-action streaming policy", "per_action", DDPMOptions()),
+    "consistency-1": ("consistency-1 (distilled from the standard policy)", "distilled", ConsistencyOptions()),
+    "consistency-2": ("consistency-2 [90, 50]", "distilled", ConsistencyOptions(timesteps=[90, 50])),
 }
 
 
@@ -92,6 +111,8 @@ def main() -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--standard", help="checkpoint of a standard (constant-noise) policy")
     parser.add_argument("--streaming", help="checkpoint of the same recipe trained with noise_mode=streaming")
+    parser.add_argument("--per-action", help="the same recipe trained with policy=unet-streaming-per-action")
+    parser.add_argument("--distilled", help="a consistency student of --standard (dpstack distill)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", default="", help=f"comma-separated rows to run, of {', '.join(LINEUP)}")
@@ -99,7 +120,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     only = [s for s in args.only.split(",") if s] if args.only else []
-    rows = run(args.task, {"standard": args.standard, "streaming": args.streaming}, args.episodes, args.out, only)
+    checkpoints = {
+        "standard": args.standard,
+        "streaming": args.streaming,
+        "per_action": args.per_action,
+        "distilled": args.distilled,
+    }
+    rows = run(args.task, checkpoints, args.episodes, args.out, only)
     merge_and_write(rows, args.episodes, args.threads)
 
 
