@@ -32,6 +32,10 @@ from std_msgs.msg import Float32MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from dpstack.methods import load_policy  # noqa: E402
+from dpstack.policy.diffusion_policy import PolicyConfig  # noqa: E402
+from dpstack.policy.export import export_policy  # noqa: E402
+from dpstack.policy.samplers import StreamingOptions  # noqa: E402
 from dpstack.ros.messages import (  # noqa: E402
     COMMAND_QOS,
     SENSOR_QOS,
@@ -41,7 +45,8 @@ from dpstack.ros.messages import (  # noqa: E402
     parse_mapping,
 )
 from dpstack.ros.policy_node import PolicyNode, PolicyNodeConfig  # noqa: E402
-from tests.conftest import MAZE  # noqa: E402
+from dpstack.train import train  # noqa: E402
+from tests.conftest import MAZE, train_config  # noqa: E402
 
 DOMAIN_ID = 1 + os.getpid() % 100  # unique per test run; the closed loop uses DOMAIN_ID + 100
 VALID = {"state": np.array([0.5, -0.5, 0.0, 0.0], np.float32), "goal": np.array([1.0, 1.0], np.float32)}
@@ -316,3 +321,30 @@ def test_closed_loop_in_separate_processes_matches_dpstack_eval(exports: dict[st
     np.testing.assert_allclose(
         [e["score"] for e in record["per_episode"]], [e["score"] for e in reference["per_episode"]], atol=1e-6
     )
+
+
+@pytest.fixture(scope="module")
+def per_action_export(maze_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny per-action streaming policy exported with its one-call sampler (one call, one action per tick)."""
+    run = tmp_path_factory.mktemp("per-action") / "run"
+    policy = PolicyConfig(denoiser="unet", preset="tiny", n_action_steps=1, noise_mode="streaming", sampler="streaming")
+    train(train_config(maze_store, run, steps=10, batch_size=16, warmup_steps=2, policy=policy))
+    out = tmp_path_factory.mktemp("onnx-per-action")
+    loaded = load_policy(run)
+    export_policy(
+        loaded, loaded.make_sampler(StreamingOptions(start_steps=1)), out, [-1, -1], [1, 1], 20.0, {"name": MAZE.name}
+    )
+    return out
+
+
+def test_node_runs_the_one_call_per_tick_sampler(robot_factory: Any, per_action_export: Path) -> None:
+    robot = robot_factory(per_action_export, rate_hz=20.0, diagnostics_period=0.2)
+    robot.start()
+    assert robot.node.latency_steps == 0 and robot.node.runtime.actions_per_tick == 1
+    robot.publish(2.0)
+    stats = robot.node.stats()
+    assert stats["actions_published"] >= 25 and stats["deadline_misses"] == 0
+    # one network call per published action: every tick ran exactly one (the first tick included)
+    assert abs(stats["network_evaluations"] - stats["actions_published"]) <= 1, stats
+    assert stats["tick_latency_max_ms"] >= stats["tick_latency_p99_ms"] >= stats["tick_latency_p50_ms"] > 0
+    assert stats["inference_max_ms"] >= stats["inference_p50_ms"] > 0
