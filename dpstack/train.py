@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from dpstack import distributed
 from dpstack.data.dataset import SequenceDataset
 from dpstack.data.sampler import split_episodes
 from dpstack.data.store import EpisodeStore
@@ -106,38 +107,48 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 class EpochSampler(Sampler[int]):
-    """Shuffled indices, one permutation per epoch from (seed, epoch), optionally starting mid-epoch."""
+    """Shuffled indices, one permutation per epoch from (seed, epoch), optionally starting mid-epoch.
 
-    def __init__(self, n: int, seed: int, epoch: int, start: int = 0) -> None:
+    With a `world` of several ranks, each rank yields its rows of every global batch of `batch`
+    indices, so the ranks' batches together are exactly one process's batch.
+    """
+
+    def __init__(
+        self, n: int, seed: int, epoch: int, start: int = 0, batch: int = 1, world: distributed.World | None = None
+    ) -> None:
         self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.batch, self.world = batch, world or distributed.World()
+
+    def _indices(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        indices = torch.randperm(self.n, generator=generator)[self.start :]
+        if self.world.size == 1:
+            return indices
+        global_batches = indices[: len(indices) // self.batch * self.batch].view(-1, self.batch)
+        return self.world.shard_rows(global_batches.T, self.batch).T.reshape(-1)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator)[self.start :].tolist())
+        return iter(self._indices().tolist())
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self._indices())
 
 
 # ---------------------------------------------------------------------- the trainer
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to(v, device) for k, v in batch.items()}
     return batch.to(device, non_blocking=True)
 
 
-def _loader(dataset: SequenceDataset, cfg: TrainConfig, epoch: int, start_batch: int) -> DataLoader:
-    sampler = EpochSampler(len(dataset), cfg.seed, epoch, start_batch * cfg.batch_size)
+def _loader(
+    dataset: SequenceDataset, cfg: TrainConfig, epoch: int, start_batch: int, world: distributed.World
+) -> DataLoader:
+    sampler = EpochSampler(len(dataset), cfg.seed, epoch, start_batch * cfg.batch_size, cfg.batch_size, world)
     # its own generator: creating an iterator must not draw from the global RNG that noise comes from
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
+        batch_size=world.local_batch(cfg.batch_size),
         sampler=sampler,
         num_workers=cfg.num_workers,
         drop_last=True,
@@ -220,8 +231,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
+    torch.manual_seed(cfg.seed)  # the same on every rank: each draws the global batch's noise (distributed.py)
+    world, device = distributed.init(cfg.device)
+    world.local_batch(cfg.batch_size)  # a world size that does not divide the batch fails before any work
+    world.barrier()  # every rank has checked `out` before rank 0 writes to it
 
     # distillation: the student is the teacher's network, normalizer and timing, sampled by consistency
     policy, distill = _student_of(cfg) if cfg.teacher else (None, None)
@@ -242,6 +255,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             policy = build_policy(cfg.policy, obs_features, action_feature, normalizer).to(device)
         except ValueError as exc:
             raise ConfigError(f"policy: {exc}") from None
+    if world.size > 1 and (distill is not None or not isinstance(policy, DiffusionPolicy)):
+        raise ConfigError(
+            f"distributed training (WORLD_SIZE={world.size}) covers Diffusion Policy; run "
+            f"{'distillation' if distill is not None else cfg.policy.method} on one process"
+        )
     timing = policy.data_timing()
     train_set = SequenceDataset(store.path, list(obs_features), episodes=train_eps, **timing)
     val_set = SequenceDataset(store.path, list(obs_features), episodes=val_eps, **timing) if len(val_eps) else None
@@ -250,6 +268,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # EMA copy, optimizer, schedule
     ema = copy.deepcopy(policy).eval().requires_grad_(False)
+    loss_module = _LossModule(policy)
+    if world.size > 1:  # averages gradients across ranks (and broadcasts rank 0's parameters now)
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
     step, epoch, batch_in_epoch, elapsed_before = 0, 0, 0, 0.0
@@ -269,14 +290,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps), last_epoch=step - 1
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    writer = SummaryWriter(str(out / "tb"), purge_step=step)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg) | {"world_size": world.size}, indent=2) + "\n")
+    writer = SummaryWriter(str(out / "tb"), purge_step=step) if world.main else None
     metrics_path = out / "metrics.jsonl"
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     history = [h for h in history if h["step"] <= step]
 
     def log(record: dict[str, Any]) -> None:
+        if writer is None:
+            return
         history.append(record)
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float):
@@ -306,8 +330,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     # the loop
     policy.train()
-    batches = iter(_loader(train_set, cfg, epoch, batch_in_epoch))
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not cfg.progress)
+    batches = iter(_loader(train_set, cfg, epoch, batch_in_epoch, world))
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and world.main))
     start_time = time.perf_counter()
 
     def elapsed() -> float:
@@ -320,10 +344,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             batch = next(batches)
         except StopIteration:
             epoch, batch_in_epoch = epoch + 1, 0
-            batches = iter(_loader(train_set, cfg, epoch, 0))
+            batches = iter(_loader(train_set, cfg, epoch, 0, world))
             continue
         batch = _to(batch, device)
-        loss, parts = distill.compute_loss(policy, batch) if distill else policy.compute_loss(batch)
+        if distill is not None:
+            loss, parts = distill.compute_loss(policy, batch)
+        elif world.size > 1:  # the global batch's noise, this rank's rows
+            noise, timesteps = policy.training_noise(cfg.batch_size, device)
+            loss, parts = loss_module(
+                batch, world.shard_rows(noise, cfg.batch_size), world.shard_rows(timesteps, cfg.batch_size)
+            )
+        else:
+            loss, parts = loss_module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -331,21 +363,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scheduler.step()
         if distill is not None:
             distill.update_target(policy)
-        ema_update(ema, policy, ema_decay(step, cfg.ema_power, cfg.ema_max))
+        loss = distributed.mean_over_ranks(loss, world)
         step, batch_in_epoch = step + 1, batch_in_epoch + 1
+        if not world.main:  # rank 0 keeps the EMA, validates, evaluates, logs and checkpoints
+            continue
+        ema_update(ema, policy, ema_decay(step - 1, cfg.ema_power, cfg.ema_max))
         record: dict[str, Any] = {
             "step": step,
             "train_s": elapsed(),
-            "loss": float(loss.detach()),
+            "loss": float(loss.detach()),  # the global batch's
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
             "epoch": epoch,
             **{k: v for k, v in parts.items() if k != "loss"},  # a method's loss terms, e.g. a planner's value loss
         }
         if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-            record["val_loss"] = validation_loss(ema, val_set, cfg, device)
+            with _rng_untouched(device):  # rank 0 alone validates: the ranks' RNGs must stay equal
+                record["val_loss"] = validation_loss(ema, val_set, cfg, device)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-            record.update(evaluate(f"step_{step}"))
+            with _rng_untouched(device):
+                record.update(evaluate(f"step_{step}"))
         log(record)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -353,9 +390,29 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             checkpoint()
     bar.close()
     final = {"step": step, "train_seconds": elapsed()}
-    if cfg.eval_episodes > 0 and step == cfg.steps:
+    if world.main and cfg.eval_episodes > 0 and step == cfg.steps:
         final.update(evaluate("final"))
         log({"step": step, **{k: v for k, v in final.items() if k.startswith("eval/")}})
         checkpoint()
-    writer.close()
+    if writer is not None:
+        writer.close()
+    distributed.finish(world)
     return final
+
+
+def _rng_untouched(device: torch.device) -> Any:
+    """Run a block without advancing the RNGs the training noise comes from."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+class _LossModule(torch.nn.Module):
+    """The policy's training loss as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, policy: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: Any, noise: Any = None, timesteps: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if noise is None:
+            return self.policy.compute_loss(batch)
+        return self.policy.compute_loss(batch, noise=noise, timesteps=timesteps)

@@ -155,21 +155,31 @@ class DiffusionPolicy(PolicyModule):
         return self.obs_encoder(self.normalize_obs(obs))
 
     # ------------------------------------------------------------------ training
+    def training_noise(self, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise (B, T, Da) and levels of one training batch, from the global RNG (noise first).
+
+        Distributed training draws the global batch's on every rank and keeps its own rows, so N ranks
+        of batch b see exactly the draws of one process with batch N b.
+        """
+        noise = torch.randn(batch_size, self.cfg.horizon, self.action_dim, device=device)
+        if self.cfg.noise_mode == "streaming":
+            timesteps = streaming_training_timesteps(
+                self.cfg.stream_layout(), self.schedule.num_train_timesteps, batch_size, self.cfg.chunkwise_weight
+            ).to(device)
+        else:
+            timesteps = torch.randint(0, self.schedule.num_train_timesteps, (batch_size,), device=device)
+        return noise, timesteps
+
     def compute_loss(
         self, batch: Mapping[str, Any], noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Denoising loss on a batch {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} of raw values."""
         action = self.normalizer.normalize("action", batch["action"])
         cond = self.condition(batch["obs"])
-        batch_size = action.shape[0]
-        if noise is None:
-            noise = torch.randn_like(action)
-        if timesteps is None and self.cfg.noise_mode == "streaming":
-            timesteps = streaming_training_timesteps(
-                self.cfg.stream_layout(), self.schedule.num_train_timesteps, batch_size, self.cfg.chunkwise_weight
-            ).to(action.device)
-        elif timesteps is None:
-            timesteps = torch.randint(0, self.schedule.num_train_timesteps, (batch_size,), device=action.device)
+        if noise is None or timesteps is None:
+            drawn_noise, drawn_timesteps = self.training_noise(action.shape[0], action.device)
+            noise = drawn_noise if noise is None else noise
+            timesteps = drawn_timesteps if timesteps is None else timesteps
         noisy = self.schedule.add_noise(action, noise, timesteps)
         prediction = self.denoiser(noisy, timesteps, cond)
         loss = F.mse_loss(prediction, self.schedule.training_target(action, noise))

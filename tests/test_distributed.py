@@ -1,0 +1,114 @@
+"""Data-parallel training with torchrun: real processes on gloo, against one process with the whole batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpstack.policy.checkpoint import read_tensors
+
+STEPS = 50
+TOLERANCE = 1e-6  # max abs parameter difference after 50 AdamW steps: float reduction order only (measured 7e-9)
+
+
+def _train_args(store: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "task=pointmaze-umaze", "task.max_steps=150", "policy=mlp", "policy.preset=tiny",
+        f"dataset={store}", f"out={out}", f"steps={STEPS}", "batch_size=32", "warmup_steps=5",
+        "eval_episodes=0", "val_every=25", "checkpoint_every=25", "progress=false", "threads=1", *extra,
+    ]  # fmt: skip
+
+
+def _torchrun(nproc: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "dpstack.cli", *args]  # fmt: skip
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return env | {"OMP_NUM_THREADS": "1"}
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    tensors = read_tensors(run / "checkpoints" / "latest" / "train_state.safetensors")
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def test_two_ranks_equal_one_process_with_the_whole_batch(maze_store: Path, tmp_path: Path) -> None:
+    single, pair = tmp_path / "single", tmp_path / "pair"
+    cli = [sys.executable, "-m", "dpstack.cli"]
+    done = subprocess.run([*cli, *_train_args(maze_store, single)], env=_environment(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(
+        _torchrun(2, _train_args(maze_store, pair)), env=_environment(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(single), _weights(pair)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= TOLERANCE, worst
+    moved = max(
+        float((a[k] - read_tensors(single / "checkpoints" / "latest" / "model.safetensors")[k[6:]]).abs().max())
+        for k in a
+    )
+    assert moved > 10 * TOLERANCE  # the comparison is not trivial: the EMA and the weights differ this much
+    # rank 0 alone wrote the run: one metrics line per step, the world size recorded
+    assert len((pair / "metrics.jsonl").read_text().splitlines()) == STEPS
+    assert '"world_size": 2' in (pair / "train_config.json").read_text()
+
+
+def test_a_world_size_that_does_not_divide_the_batch_is_an_error(maze_store: Path, tmp_path: Path) -> None:
+    args = _train_args(maze_store, tmp_path / "odd", "batch_size=33")
+    done = subprocess.run(_torchrun(2, args), env=_environment(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "batch_size=33 is not divisible by the world size 2" in done.stderr + done.stdout
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().split(")")[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+def test_a_killed_rank_ends_the_job_naming_it_and_resume_finishes(maze_store: Path, tmp_path: Path) -> None:
+    run = tmp_path / "killed"
+    args = _train_args(maze_store, run, "steps=400", "checkpoint_every=20")
+    job = subprocess.Popen(
+        _torchrun(2, args), env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "latest" / "train_state.json").exists():
+        assert job.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
+        time.sleep(0.2)
+    workers = _children(job.pid)
+    assert len(workers) == 2, workers
+    rank1 = next(p for p in workers if "RANK=1\0" in Path(f"/proc/{p}/environ").read_text())
+    os.kill(rank1, signal.SIGKILL)
+    output, _ = job.communicate(timeout=300)
+    assert job.returncode != 0
+    assert "rank: 1" in output and "Signal 9 (SIGKILL)" in output, output[-3000:]
+    checkpoint_step = read_tensors(run / "checkpoints" / "latest" / "train_state.safetensors")  # loads: valid
+    assert checkpoint_step
+    resumed = subprocess.run(_torchrun(2, [*args, "resume=true"]), env=_environment(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [int(line.split('"step": ')[1].split(",")[0]) for line in lines] == list(range(1, 401))
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
