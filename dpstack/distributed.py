@@ -91,3 +91,52 @@ def finish(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world: World) -> None:
+    """Average the gradients of `parameters` over all ranks, in one flat all-reduce."""
+    if world.size == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_parameters(module: torch.nn.Module, world: World) -> None:
+    """Give every rank rank 0's parameters and buffers."""
+    if world.size == 1:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
+    """Element-wise sum of a tensor over all ranks (a copy)."""
+    total = values.detach().clone()
+    if world.size > 1:
+        dist.all_reduce(total)
+    return total
+
+
+def normalize_over_ranks(x: torch.Tensor, world: World, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / (std + eps) with the mean and std of the union of every rank's `x`."""
+    moments = sum_over_ranks(torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()))]).double(), world)
+    mean = moments[0] / moments[2]
+    var = (moments[1] / moments[2] - mean**2).clamp(min=0) * moments[2] / (moments[2] - 1).clamp(min=1)
+    return (x - mean.to(x.dtype)) / (var.sqrt().to(x.dtype) + eps)
+
+
+def gather_tensors(value: torch.Tensor, world: World) -> list[torch.Tensor]:
+    """Every rank's `value` (the same shape and dtype on all ranks), in rank order."""
+    if world.size == 1:
+        return [value]
+    out = [torch.empty_like(value) for _ in range(world.size)]
+    dist.all_gather(out, value.contiguous())
+    return out

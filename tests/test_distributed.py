@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpstack.distributed import World, normalize_over_ranks
 from dpstack.policy.checkpoint import read_tensors
+from dpstack.policy.rl.losses import normalize
+from tests.test_dppo import weak_hopper  # noqa: F401 (the fixture)
 
 STEPS = 50
 TOLERANCE = 1e-6  # max abs parameter difference after 50 AdamW steps: float reduction order only (measured 7e-9)
@@ -112,3 +116,32 @@ def test_a_killed_rank_ends_the_job_naming_it_and_resume_finishes(maze_store: Pa
 def _no_inherited_rank(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
+
+
+def test_dppo_on_two_ranks_pools_envs_and_resumes_each_rank(weak_hopper: Path, tmp_path: Path) -> None:
+    """Each rank runs its own 2 envs; the run counts both ranks' steps and episodes and checkpoints both ranks'
+    noise, and a resume on two ranks continues at the next iteration."""
+    run = tmp_path / "dppo"
+    args = ["finetune", f"checkpoint={weak_hopper}", "task=hopper", "task.max_steps=200", f"out={run}",
+            "num_envs=2", "ticks=16", "finetuned_steps=5", "minibatch_size=128", "epochs=1", "eval_every=0",
+            "eval_episodes=2", "checkpoint_every=1", f"total_steps={3 * 2 * 2 * 16 * 4}", "threads=1", "seed=3"]  # fmt: skip
+    first = subprocess.run(_torchrun(2, [*args[:-2], "total_steps=512", *args[-2:]]), env=_environment(),
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 2 iterations of 2 ranks x 2 envs x 16 ticks x 4 actions (fewer where an episode ends inside a chunk)
+    assert len(history) == 2 and 200 < history[0]["env_steps"] <= 256 and history[1]["env_steps"] <= 512
+    state = read_tensors(run / "checkpoints" / "latest" / "train_state.safetensors")
+    assert not torch.equal(state["rank0.rng.generator"], state["rank1.rng.generator"])  # own noise per rank
+    assert json.loads((run / "checkpoints" / "latest" / "train_state.json").read_text())["world_size"] == 2
+    resumed = subprocess.run(_torchrun(2, [*args, "resume=true"]), env=_environment(), capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "iter 3/3 " in resumed.stdout
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [1, 2, 3]
+
+
+def test_advantage_statistics_over_one_rank_are_the_plain_ones() -> None:
+    x = torch.randn(1000, dtype=torch.float32) * 3 + 1
+    torch.testing.assert_close(normalize_over_ranks(x, World()), normalize(x))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpstack import distributed
 from dpstack.errors import ConfigError
 from dpstack.policy.checkpoint import load_optimizer_state, optimizer_state, read_json, read_tensors, save_policy
 from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
@@ -64,7 +65,7 @@ class DPPOConfig:
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
     out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
-    total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total"})
+    total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total (all ranks)"})
     num_envs: int = field(default=8, metadata={"help": "parallel environments (DPPO: 40)"})
     vectorization: str = field(default="sync", metadata={"help": "sync | async (one worker process per env)"})
     ticks: int = field(default=125, metadata={"help": "control ticks per env per iteration (DPPO: 500)"})
@@ -183,16 +184,20 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
         raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    # under torchrun each rank runs its own envs and noise; gradients and advantage statistics are global
+    world, _ = distributed.init("cpu")
+    world.barrier()  # every rank has checked `out` before rank 0 writes to it
     chain = prepare(policy, cfg, checkpoint_task)
     policy.train()
     k_ft, executed = cfg.finetuned_steps, policy.cfg.n_action_steps
     critic = Critic(policy.obs_encoder.output_dim, list(cfg.critic_hidden))
+    distributed.broadcast_parameters(critic, world)
     actor_optimizer = torch.optim.Adam(policy.denoiser.finetuned.parameters(), lr=cfg.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
     return_norm = RunningNormState()
     running_return = torch.zeros(cfg.num_envs, dtype=torch.float64)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    iterations = max(1, cfg.total_steps // (cfg.num_envs * cfg.ticks * executed))
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * world.rank)
+    iterations = max(1, cfg.total_steps // (cfg.num_envs * cfg.ticks * executed * world.size))  # all ranks' steps
     iteration, env_steps, seconds_before = 0, 0, 0.0
     if cfg.resume and (latest / "train_state.json").exists():
         meta = read_json(latest / "train_state.json")
@@ -201,24 +206,43 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
         load_optimizer_state(actor_optimizer, tensors, meta, "actor_optimizer")
         load_optimizer_state(critic_optimizer, tensors, meta, "critic_optimizer")
         return_norm.load_state_dict({k[12:]: v for k, v in tensors.items() if k.startswith("return_norm.")})
-        running_return = tensors["running_return"].clone()
-        generator.set_state(tensors["rng.generator"])
         iteration, env_steps, seconds_before = meta["iteration"], meta["env_steps"], meta["train_seconds"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        # the same world size resumes each rank's own noise and reward scaling; another gets rank 0's scaling
+        own = f"rank{world.rank}." if meta.get("world_size", 1) == world.size and world.size > 1 else ""
+        running_return = tensors[f"{own}running_return"].clone()
+        if own:
+            return_norm.load_state_dict(
+                {k[len(own) + 12 :]: v for k, v in tensors.items() if k.startswith(f"{own}return_norm.")}
+            )
+        if own or world.size == 1:
+            generator.set_state(tensors[f"{own}rng.generator"])
+        else:  # another world size: each rank draws fresh noise from (seed, rank, iteration)
+            generator.manual_seed(cfg.seed + 7919 * world.rank + 104_729 * iteration)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg) | {"world_size": world.size}, indent=2) + "\n")
     metrics_path = out / "metrics.jsonl"
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     history = [h for h in history if h["iteration"] <= iteration]  # what a killed run logged after its checkpoint
-    writer = SummaryWriter(str(out / "tb"), purge_step=iteration)
+    writer = SummaryWriter(str(out / "tb"), purge_step=iteration) if world.main else None
     start = time.perf_counter()
 
     def checkpoint() -> None:
+        """Every rank's noise and reward-scaling state go to rank 0, which alone writes."""
+        per_rank = {"running_return": running_return, "rng.generator": generator.get_state()}
+        per_rank |= {f"return_norm.{k}": v for k, v in return_norm.state_dict().items()}
+        gathered = {k: distributed.gather_tensors(v, world) for k, v in per_rank.items()}
+        if not world.main:
+            return
         tensors, meta = optimizer_state(actor_optimizer, "actor_optimizer")
         critic_tensors, critic_meta = optimizer_state(critic_optimizer, "critic_optimizer")
         tensors |= critic_tensors | {f"critic.{k}": v for k, v in critic.state_dict().items()}
         tensors |= {f"return_norm.{k}": v for k, v in return_norm.state_dict().items()}
         tensors |= {"running_return": running_return, "rng.generator": generator.get_state()}
+        if world.size > 1:
+            tensors |= {f"rank{r}.{k}": values[r] for k, values in gathered.items() for r in range(world.size)}
         meta |= critic_meta | {
+            "world_size": world.size,
             "iteration": iteration,
             "env_steps": env_steps,
             "train_seconds": seconds_before + time.perf_counter() - start,
@@ -266,9 +290,11 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
         while iteration < iterations:
             # 1. rollout: each tick an exploring chunk and its recorded chain
             rollout_start, timing = time.perf_counter(), {"inference_s": 0.0}
-            batch = rollouts.collect(act, cfg.ticks, seed=cfg.seed * 1_000_003 + iteration * 10_007)
+            seed = cfg.seed * 1_000_003 + iteration * 10_007 + world.rank * 100_000_007  # rank: its own envs
+            batch = rollouts.collect(act, cfg.ticks, seed=seed)
             rollout_s = time.perf_counter() - rollout_start
-            env_steps += batch.env_steps
+            rank_steps = int(distributed.sum_over_ranks(torch.tensor(batch.env_steps), world))
+            env_steps += rank_steps
             update_start = time.perf_counter()
 
             # 2. chunk-level GAE on scaled rewards; old log-likelihoods of every recorded step
@@ -305,7 +331,10 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 for index in order.split(cfg.minibatch_size):
                     s, i = pair_sample[index], pair_step[index]
                     log_ratio = chain.log_prob(cond[s], chains[s], i) - old_log_prob[index]
-                    adv = normalize(b_adv[s]) * denoising_discount(i, k_ft, cfg.gamma_denoising)
+                    normalized = (
+                        normalize(b_adv[s]) if world.size == 1 else distributed.normalize_over_ranks(b_adv[s], world)
+                    )
+                    adv = normalized * denoising_discount(i, k_ft, cfg.gamma_denoising)
                     clip = clip_coefficients(i, k_ft, cfg.clip_base, cfg.clip_last, cfg.clip_rate)
                     pg_loss = clipped_surrogate(log_ratio, adv, clip)
                     v_loss = value_loss(critic(cond[s]), b_val[s], b_ret[s])
@@ -318,12 +347,15 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                     actor_optimizer.zero_grad()
                     critic_optimizer.zero_grad()
                     loss.backward()
+                    distributed.average_gradients(
+                        [*policy.denoiser.finetuned.parameters(), *critic.parameters()], world
+                    )
                     if iteration >= cfg.critic_warmup:
                         nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
                         actor_optimizer.step()
                     critic_optimizer.step()
-                    with torch.no_grad():
-                        kl = float(approx_kl(log_ratio))
+                    with torch.no_grad():  # the ranks agree on the early stop
+                        kl = float(distributed.sum_over_ranks(approx_kl(log_ratio), world)) / world.size
                     stats["policy_loss"].append(float(pg_loss.detach()))
                     stats["value_loss"].append(float(v_loss.detach()))
                     stats["approx_kl"].append(kl)
@@ -337,22 +369,32 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
 
             # 4. log, evaluate, checkpoint
             iteration += 1
-            done = batch.episodes
+            done = batch.episodes  # every rank's: sums over ranks
+            totals = distributed.sum_over_ranks(
+                torch.tensor([len(done), *(sum(float(e[k]) for e in done) for k in ("return", "success", "score"))],
+                             dtype=torch.float64), world
+            )  # fmt: skip
+            count = int(totals[0])
             last = {
                 "iteration": iteration,
                 "env_steps": env_steps,
-                "episodes": len(done),
-                "return": float(np.mean([e["return"] for e in done])) if done else math.nan,
-                "success": float(np.mean([e["success"] for e in done])) if done else math.nan,
-                "score": float(np.mean([e["score"] for e in done])) if done else math.nan,
+                "episodes": count,
+                "return": float(totals[1]) / count if count else math.nan,
+                "success": float(totals[2]) / count if count else math.nan,
+                "score": float(totals[3]) / count if count else math.nan,
                 **{k: float(np.mean(v)) for k, v in stats.items()},
                 "explained_variance": explained_variance(b_val, b_ret),
                 "stopped_early": stop,
-                "sps": batch.env_steps / (rollout_s + update_s),
+                "sps": rank_steps / (rollout_s + update_s),
                 "rollout_s": rollout_s,
                 "inference_s": timing["inference_s"],  # of rollout_s: the policy; the rest is simulation + harness
                 "update_s": update_s,
             }
+            checkpoint_now = iteration % cfg.checkpoint_every == 0 or iteration == iterations
+            if not world.main:
+                if checkpoint_now:
+                    checkpoint()  # hands this rank's state to rank 0
+                continue
             if (cfg.eval_every and iteration % cfg.eval_every == 0) or iteration == iterations:
                 eval_start = time.perf_counter()
                 last |= evaluate()
@@ -361,7 +403,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
             for key, value in last.items():
                 if key != "iteration" and isinstance(value, float) and math.isfinite(value):
                     writer.add_scalar(f"dppo/{key}", value, env_steps)
-            if iteration % cfg.checkpoint_every == 0 or iteration == iterations:
+            if checkpoint_now:
                 checkpoint()
                 if cfg.progress:
                     evaluated = f" eval {last['eval_return']:.1f}" if "eval_return" in last else ""
@@ -371,7 +413,9 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                         f"ev {last['explained_variance']:.2f} sps {last['sps']:.0f}",
                         flush=True,
                     )
-    writer.close()
+    if writer is not None:
+        writer.close()
+    distributed.finish(world)
     return last
 
 
