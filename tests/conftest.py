@@ -9,11 +9,12 @@ import pytest
 
 from dpstack.data.store import EpisodeStore
 from dpstack.envs.collect import collect
-from dpstack.envs.registry import load_task_config
+from dpstack.envs.registry import load_task_config, make_env
 from dpstack.methods import load_policy
 from dpstack.policy.diffusion_policy import PolicyConfig
 from dpstack.policy.export import export_policy
 from dpstack.policy.samplers import DDIMOptions, RTIOptions, StreamingOptions
+from dpstack.tasks import TaskConfig
 from dpstack.train import TrainConfig, train
 
 MAZE = load_task_config("pointmaze-umaze", ["max_steps=150"])
@@ -96,3 +97,34 @@ def exports(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         out[name] = tmp_path_factory.mktemp(f"onnx-{name}")
         export_policy(policy, policy.make_sampler(cfg), out[name], [-1, -1], [1, 1], 100.0, {"name": MAZE.name})
     return out
+
+
+HOPPER = TaskConfig(name="hopper", max_steps=200)
+
+
+@pytest.fixture(scope="session")
+def weak_hopper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Diffusion Policy cloned from uniformly random Hopper actions (it falls within ~20 steps)."""
+    root = tmp_path_factory.mktemp("dppo")
+    store = EpisodeStore.create(root / "random.zarr")
+    env, rng = make_env(HOPPER), np.random.default_rng(0)
+    for episode in range(60):
+        obs, _ = env.reset(seed=episode)
+        rows: dict[str, list] = {"state": [], "action": [], "reward": []}
+        done = False
+        while not done:
+            action = rng.uniform(-1, 1, 3).astype(np.float32)
+            rows["state"].append(obs["state"])
+            rows["action"].append(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rows["reward"].append(np.float32(reward))
+            done = terminated or truncated
+        store.append_episode({k: np.stack(v) for k, v in rows.items()})
+    store.set_attrs(collect={"task": "hopper"})
+    policy = PolicyConfig(denoiser="mlp", preset="tiny", horizon=4, n_obs_steps=1, n_action_steps=4,
+                          num_train_timesteps=10)  # fmt: skip
+    cfg = TrainConfig(task=HOPPER, policy=policy, dataset=str(root / "random.zarr"), out=str(root / "bc"),
+                      steps=200, batch_size=64, warmup_steps=10, eval_episodes=0, val_every=200,
+                      checkpoint_every=200, progress=False, threads=1)  # fmt: skip
+    train(cfg)
+    return root / "bc"

@@ -16,7 +16,6 @@ import torch
 from dpstack.distributed import World, normalize_over_ranks
 from dpstack.policy.checkpoint import read_tensors
 from dpstack.policy.rl.losses import normalize
-from tests.test_dppo import weak_hopper  # noqa: F401 (the fixture)
 
 STEPS = 50
 TOLERANCE = 1e-6  # max abs parameter difference after 50 AdamW steps: float reduction order only (measured 7e-9)

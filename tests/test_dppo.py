@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from dpstack.data.store import EpisodeStore
-from dpstack.envs.registry import make_env
 from dpstack.errors import ConfigError
 from dpstack.methods import load_policy
 from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
@@ -28,11 +27,10 @@ from dpstack.policy.rl.dppo import DPPOConfig, finetune, prepare
 from dpstack.policy.rl.losses import chain_log_prob, clip_coefficients, denoising_discount
 from dpstack.policy.runtime import OnnxPolicy
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler
-from dpstack.tasks import TaskConfig
 from dpstack.train import TrainConfig, train
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
-HOPPER = TaskConfig(name="hopper", max_steps=200)
+from tests.conftest import HOPPER  # noqa: E402
 
 
 # ---------------------------------------------------------------------- the math
@@ -151,34 +149,6 @@ def test_refusals_name_the_key(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- end to end on Hopper
-@pytest.fixture(scope="module")
-def weak_hopper(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Diffusion Policy cloned from uniformly random Hopper actions (it falls within ~20 steps)."""
-    root = tmp_path_factory.mktemp("dppo")
-    store = EpisodeStore.create(root / "random.zarr")
-    env, rng = make_env(HOPPER), np.random.default_rng(0)
-    for episode in range(60):
-        obs, _ = env.reset(seed=episode)
-        rows: dict[str, list] = {"state": [], "action": [], "reward": []}
-        done = False
-        while not done:
-            action = rng.uniform(-1, 1, 3).astype(np.float32)
-            rows["state"].append(obs["state"])
-            rows["action"].append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            rows["reward"].append(np.float32(reward))
-            done = terminated or truncated
-        store.append_episode({k: np.stack(v) for k, v in rows.items()})
-    store.set_attrs(collect={"task": "hopper"})
-    policy = PolicyConfig(denoiser="mlp", preset="tiny", horizon=4, n_obs_steps=1, n_action_steps=4,
-                          num_train_timesteps=10)  # fmt: skip
-    cfg = TrainConfig(task=HOPPER, policy=policy, dataset=str(root / "random.zarr"), out=str(root / "bc"),
-                      steps=200, batch_size=64, warmup_steps=10, eval_episodes=0, val_every=200,
-                      checkpoint_every=200, progress=False, threads=1)  # fmt: skip
-    train(cfg)
-    return root / "bc"
-
-
 def _finetune_config(checkpoint: Path, out: Path, **overrides) -> DPPOConfig:
     base = dict(
         checkpoint=str(checkpoint), task=HOPPER, out=str(out), num_envs=4, ticks=32, finetuned_steps=5,
