@@ -14,7 +14,9 @@ task's seeds, to compare with `benchmarks/samplers` (PyTorch, same seeds).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +111,7 @@ def main() -> None:
     parser.add_argument("--distilled", help="a consistency student of --standard (dpstack distill)")
     parser.add_argument("--ticks", type=int, default=300)
     parser.add_argument("--episodes", type=int, default=0, help="closed-loop episodes through the runtime (0: skip)")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of: {'; '.join(LINEUP)}")
+    parser.add_argument("--only", default="", help=f"';'-separated subset of: {'; '.join(LINEUP)}")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-export"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -119,7 +121,7 @@ def main() -> None:
         "per_action": args.per_action,
         "distilled": args.distilled,
     }
-    only = [s for s in args.only.split(",") if s]
+    only = [s.strip() for s in args.only.split(";") if s.strip()]
     rows = []
     for label, (which, sampler_cfg) in LINEUP.items():
         if (only and label not in only) or not checkpoints[which]:
@@ -180,6 +182,10 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    previous = json.loads((RESULTS / "export.json").read_text())["rows"] if (RESULTS / "export.json").exists() else []
+    done = {(r["task"], r["sampler"]) for r in rows}  # rows of other samplers stay from their own runs
+    rows = [r for r in previous if (r["task"], r["sampler"]) not in done] + rows
+    meta["command"] = "python -m benchmarks.export " + " ".join(sys.argv[1:])
     write_results(RESULTS, "export", rows, columns, meta)
 
 
