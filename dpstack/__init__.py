@@ -21,6 +21,7 @@ from dpstack.version import __version__
 
 __all__ = ["__version__"]
 
+
 def _omp_wait_policy() -> str:
     """OpenMP's wait policy for this process, from what it can know before torch loads OpenMP.
 
