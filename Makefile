@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-planners bench-rollout bench-rl clean
+.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-floor bench-ros-rate bench-planners bench-rollout bench-rl clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -62,6 +62,15 @@ bench-export: setup
 
 bench-ros: setup
 	$(PY) -m benchmarks.ros
+
+# one call per tick: the network's floor and ONNX Runtime settings, then the ROS node's control rate
+PER_ACTION ?= runs/pusht-unet-stream1
+bench-floor: setup
+	$(PY) -m benchmarks.floor --checkpoint $(PER_ACTION) --calls 500
+
+bench-ros-rate: setup
+	$(PY) -m benchmarks.ros --part rate --rate-models runs/bench-export/pusht-streaming-15-start1 \
+		runs/bench-export/pusht-ddim-4 --rates 10,50,100,200,500 --seconds 60
 
 bench-planners: setup
 	$(PY) -m benchmarks.planners
