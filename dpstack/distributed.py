@@ -57,8 +57,11 @@ class World:
         return rows[self.rank * local : (self.rank + 1) * local]
 
 
-def init(device_name: str, timeout_s: float = 600.0) -> tuple[World, torch.device]:
+def init(device_name: str, timeout_s: float = 3 * 3600.0) -> tuple[World, torch.device]:
     """Join the torchrun job when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA) and pick this rank's device.
+
+    The collective timeout is long because the other ranks wait in their next all-reduce while rank 0
+    alone evaluates in closed loop; a dead rank is caught by torchrun's process monitoring, not by it.
 
     `device_name`: auto (CUDA when present) | cpu | cuda; several ranks on one node take the GPU of
     their local rank.
