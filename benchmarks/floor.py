@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+RESULTS = Path(__file__).parent / "results"
+
 
 def _median_seconds(fn: Any, repeats: int) -> float:
     fn()  # warm-up
@@ -233,8 +235,6 @@ def main() -> None:
         },
     )
 
-
-RESULTS = Path(__file__).parent / "results"
 
 if __name__ == "__main__":
     main()

@@ -83,11 +83,7 @@ def init(device_name: str, timeout_s: float = 3 * 3600.0) -> tuple[World, torch.
 
 def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     """The mean of a tensor over all ranks (itself on one process)."""
-    if world.size == 1:
-        return value
-    total = value.detach().clone()
-    dist.all_reduce(total)
-    return total / world.size
+    return value if world.size == 1 else sum_over_ranks(value, world) / world.size
 
 
 def finish(world: World) -> None:

@@ -42,6 +42,7 @@ from dpstack.policy.checkpoint import (
     save_policy,
 )
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
+from dpstack.policy.module import ema_update
 from dpstack.policy.normalizer import Normalizer
 from dpstack.tasks import TaskConfig
 
@@ -98,12 +99,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def ema_decay(step: int, power: float = 0.75, max_value: float = 0.9999, inv_gamma: float = 1.0) -> float:
     """Diffusion Policy's EMA warm-up: 1 - (1 + step / inv_gamma)^-power, clipped to [0, max_value]."""
     return float(min(max(1.0 - (1.0 + step / inv_gamma) ** -power, 0.0), max_value))
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
 
 
 class EpochSampler(Sampler[int]):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dpstack.policy.diffusion_policy import DiffusionPolicy
+from dpstack.policy.module import ema_update
 from dpstack.policy.samplers.base import Denoiser
 from dpstack.policy.samplers.consistency import consistency_function
 from dpstack.policy.schedulers import DDIMScheduler, NoiseSchedule, spaced_timesteps
@@ -104,7 +105,5 @@ class ConsistencyDistillation:
         )
         return loss, {"loss": float(loss.detach())}
 
-    @torch.no_grad()
     def update_target(self, student: DiffusionPolicy) -> None:
-        for t, s in zip(self.target.parameters(), student.parameters(), strict=True):
-            t.mul_(self.target_decay).add_(s.detach(), alpha=1 - self.target_decay)
+        ema_update(self.target, student, self.target_decay)

@@ -98,3 +98,10 @@ class PolicyModule(nn.Module):
             "obs_features": {k: asdict(f) for k, f in self.obs_features.items()},
             "action_feature": asdict(self.action_feature),
         }
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (the trainer's EMA, a distillation target)."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
