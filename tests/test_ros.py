@@ -217,6 +217,10 @@ def test_actions_are_clamped_and_sent_as_joint_trajectories(
     robot = robot_factory(narrow, rate_hz=20.0, joint_names=["x", "y"])
     robot.start()
     robot.publish(1.5)
+    # Stop the node and let the last messages land, so the last action and the last trajectory come
+    # from the same tick (the two topics are delivered independently while it runs).
+    assert robot.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    time.sleep(0.5)
     actions = np.stack([a for _, a in robot.actions])
     assert len(actions) >= 10
     assert (actions[:, 0] >= 0).all() and (actions[:, 0] <= 0.001).all()
