@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import RandomSampler
 
 from benchmarks.report import write_results
-from dpstack.data.dataset import SequenceDataset
+from dpstack.data.dataset import SequenceDataset, batch_loader
 from dpstack.data.store import EpisodeStore
 
 
@@ -58,15 +58,8 @@ def time_epochs(dataset: SequenceDataset, workers: int, batches: int, repeats: i
     """Samples per second of `repeats` runs of `batches` shuffled batches of 256 windows."""
     rates = []
     for repeat in range(repeats):
-        loader = DataLoader(
-            dataset,
-            batch_size=256,
-            shuffle=True,
-            num_workers=workers,
-            drop_last=True,
-            persistent_workers=False,
-            generator=torch.Generator().manual_seed(repeat),
-        )
+        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(repeat))
+        loader = batch_loader(dataset, order, 256, num_workers=workers)  # the trainer's loader
         start = time.perf_counter()
         count = 0
         for i, batch in enumerate(loader):

@@ -103,5 +103,7 @@ class PolicyModule(nn.Module):
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model, parameter by parameter (the trainer's EMA, a distillation target)."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    averaged, current = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if len(averaged) != len(current):
+        raise ValueError(f"ema_update: the EMA has {len(averaged)} parameters, the model {len(current)}")
+    torch._foreach_lerp_(averaged, current, 1 - decay)  # one fused pass, not two ops per parameter

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from dpstack.data.dataset import SequenceDataset, discounted_returns
+from dpstack.data.dataset import SequenceDataset, batch_loader, discounted_returns
 from dpstack.data.sampler import SequenceSampler, split_episodes
 from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
@@ -41,6 +43,24 @@ def test_episode_shorter_than_window_gets_one_padded_window() -> None:
     sampler = SequenceSampler(np.array([2]), horizon=8)
     assert len(sampler) == 1
     assert sampler[0].rows().tolist() == [0, 1, 1, 1, 1, 1, 1, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    horizon=st.integers(1, 8),
+    pads=st.tuples(st.integers(0, 7), st.integers(0, 7)),
+    limit=st.one_of(st.none(), st.integers(1, 9)),
+)
+def test_vectorized_rows_equal_each_windows_rows(
+    lengths: list[int], horizon: int, pads: tuple[int, int], limit: int | None
+) -> None:
+    """`SequenceSampler.rows` (a training batch in one gather) gives exactly each `Window.rows`."""
+    pad_before, pad_after = min(pads[0], horizon - 1), min(pads[1], horizon - 1)
+    sampler = SequenceSampler(np.cumsum(lengths), horizon, pad_before, pad_after)
+    indices = np.arange(len(sampler))[::-1]
+    expected = np.stack([sampler[i].rows(limit) for i in indices])
+    np.testing.assert_array_equal(sampler.rows(indices, limit), expected)
 
 
 def test_sampler_restricted_to_episodes() -> None:
@@ -94,6 +114,18 @@ def test_dataset_in_worker_processes(small_store: EpisodeStore) -> None:
     batches = list(loader)
     assert sum(b["action"].shape[0] for b in batches) == len(dataset)
     np.testing.assert_array_equal(batches[0]["obs"]["image"][1].numpy(), dataset[1]["obs"]["image"].numpy())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_loader_equals_collated_windows(small_store: EpisodeStore, workers: int) -> None:
+    """The trainer's loader (whole batches per gather) yields what collating the windows one by one does."""
+    dataset = SequenceDataset(small_store.path, obs_keys=["state", "image"], horizon=4, n_action_steps=2)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(3)).tolist()
+    batched = list(batch_loader(dataset, order, 5, num_workers=workers))
+    collated = list(DataLoader(dataset, batch_size=5, sampler=order, drop_last=True))
+    assert len(batched) == len(collated) == len(dataset) // 5
+    for mine, reference in zip(batched, collated, strict=True):
+        torch.testing.assert_close(mine, reference, rtol=0, atol=0)
 
 
 def test_dataset_rejects_missing_keys_and_bad_timing(small_store: EpisodeStore) -> None:

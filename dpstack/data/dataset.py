@@ -8,14 +8,14 @@ per-process cache of decoded chunks, so a store larger than RAM still trains.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-from dpstack.data.sampler import SequenceSampler, Window
+from dpstack.data.sampler import SequenceSampler
 from dpstack.data.store import EpisodeStore
 from dpstack.errors import StoreError
 
@@ -133,20 +133,68 @@ class SequenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def _take(self, key: str, window: Window, limit: int | None) -> torch.Tensor:
-        rows = window.rows(limit)
-        values = self._in_ram[key][rows] if key in self._in_ram else self._lazy[key].take(rows)
-        return torch.from_numpy(np.ascontiguousarray(values))
-
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
-        window = self.sampler[i]
+        one = self.batch([i])
         item: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {
-            "obs": {key: self._take(key, window, self.n_obs_steps) for key in self.obs_keys},
-            "action": self._take(self.action_key, window, None),
+            "obs": {key: value[0] for key, value in one["obs"].items()},
+            "action": one["action"][0],
+        }
+        if "return" in one:
+            item["return"] = one["return"][0]
+        return item
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """The windows `indices`, stacked: what collating ``[self[i] for i in indices]`` gives, in one
+        gather per key instead of one per window and key (a training step's data in a few numpy calls)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        obs_rows = self.sampler.rows(indices, self.n_obs_steps)
+        batch: dict[str, torch.Tensor | dict[str, torch.Tensor]] = {
+            "obs": {key: self._take_rows(key, obs_rows) for key in self.obs_keys},
+            "action": self._take_rows(self.action_key, self.sampler.rows(indices)),
         }
         if self.returns is not None:
-            item["return"] = torch.tensor(self.returns[window.rows(1)[0]], dtype=torch.float32)
-        return item
+            batch["return"] = torch.as_tensor(self.returns[obs_rows[:, 0]], dtype=torch.float32)
+        return batch
+
+    def _take_rows(self, key: str, rows: np.ndarray) -> torch.Tensor:
+        flat = rows.reshape(-1)
+        values = self._in_ram[key][flat] if key in self._in_ram else self._lazy[key].take(flat)
+        return torch.from_numpy(np.ascontiguousarray(values).reshape(*rows.shape, *values.shape[1:]))
+
+
+class BatchedWindows(Dataset):
+    """`dataset` indexed by lists of window indices, each giving a whole batch (`SequenceDataset.batch`).
+
+    Use it with a `torch.utils.data.BatchSampler` as the DataLoader's sampler and ``batch_size=None``:
+    workers, if any, then build whole batches, and nothing is collated window by window.
+    """
+
+    def __init__(self, dataset: SequenceDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        return self.dataset.batch(indices)
+
+
+def batch_loader(
+    dataset: SequenceDataset,
+    sampler: Iterable[int],
+    batch_size: int,
+    num_workers: int = 0,
+    drop_last: bool = True,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    """A DataLoader of whole batches of `dataset`'s windows, in `sampler`'s order (see BatchedWindows)."""
+    return DataLoader(
+        BatchedWindows(dataset),
+        batch_size=None,
+        sampler=BatchSampler(sampler, batch_size, drop_last=drop_last),
+        num_workers=num_workers,
+        generator=generator,
+    )
 
 
 def discounted_returns(rewards: np.ndarray, episode_ends: np.ndarray, discount: float) -> np.ndarray:

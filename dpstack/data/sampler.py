@@ -98,6 +98,16 @@ class SequenceSampler:
     def __len__(self) -> int:
         return int(self._index.shape[0])
 
+    def rows(self, indices: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """Buffer rows of the first `limit` positions of many windows at once, shape (len(indices), limit).
+
+        The same rows as ``self[i].rows(limit)`` for each i, in one vectorized step (a training batch).
+        """
+        limit = self.horizon if limit is None else min(limit, self.horizon)
+        episode_start, length, offset = self._index[np.asarray(indices, dtype=np.int64)].T
+        positions = offset[:, None] + np.arange(limit)
+        return episode_start[:, None] + np.clip(positions, 0, length[:, None] - 1)
+
     def __getitem__(self, i: int) -> Window:
         episode_start, length, offset = (int(v) for v in self._index[i])
         first = max(offset, 0)

@@ -1,0 +1,310 @@
+"""Training throughput: `dpstack train` against the reference Diffusion Policy training loop, the
+pieces of one training step, and scaling from one to two torchrun ranks.
+
+Same data (a Push-T store of expert demonstrations), same network (U-Net small: down dims 64/128/256,
+step embedding 128, kernel 5, 4.5 M parameters), batch 64, horizon 16, 2 observation steps, on this
+machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{json,md}`):
+
+  speed      steps/s, interleaved runs (dpstack, reference, dpstack, ...; A-B-A), each a fresh process:
+             dpstack with OpenMP's ACTIVE and PASSIVE wait policy, dpstack on 2 torchrun ranks, and the
+             reference loop (real-stanford/diffusion_policy, run from ../shared/peers in its own venv).
+             Step time = the median of consecutive steps after 20 warm-up steps; dpstack's come from
+             metrics.jsonl (`train_s`), so they include its logging and EMA, as the reference's do.
+  breakdown  one process, the phases of a step (data, forward, backward, clipping, optimizer, EMA) with
+             each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
+  scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
+             gloo), same global batch and schedule.
+
+    python -m benchmarks.train_throughput --part speed --reference-python /tmp/refvenv/bin/python \
+        --reference-code /tmp/refdp      # setup: ../shared/peers/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+WARMUP = 20
+COMMON = ["task=pusht", "eval_episodes=0", "progress=false", "checkpoint_every=1000000", "seed=0"]
+
+
+def _step_times(run_dir: Path) -> list[float]:
+    """Seconds of each step after the warm-up, from a dpstack run's metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["train_s"] for r in records if "loss" in r]
+    return [b - a for a, b in zip(seconds[WARMUP:], seconds[WARMUP + 1 :], strict=False)]
+
+
+def _dpstack_command(store: Path, out: Path, steps: int, ranks: int, extra: list[str]) -> list[str]:
+    args = [f"dataset={store}", f"out={out}", f"steps={steps}", *COMMON, *extra]
+    if ranks == 1:
+        return [sys.executable, "-m", "dpstack.cli", "train", "threads=2", *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    return [*launcher, "-m", "dpstack.cli", "train", "threads=1", *args]
+
+
+def run_dpstack(store: Path, steps: int, ranks: int, wait_policy: str, extra: list[str] = ()) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = _dpstack_command(store, out, steps + WARMUP + 1, ranks, ["warmup_steps=500", *extra])
+        env = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
+        subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd=ROOT)
+        times = _step_times(out)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "side": "dpstack",
+        "ranks": ranks,
+        "threads_per_rank": 2 if ranks == 1 else 1,
+        "omp_wait_policy": wait_policy,
+        "steps": len(times),
+        "step_s_median": statistics.median(times),
+        "steps_per_s": len(times) / sum(times),
+        "command": " ".join(command[1:]),
+        "records": records,
+    }
+
+
+def run_reference(npz: Path, steps: int, python: str, code: str) -> dict[str, Any]:
+    command = [python, str(PEERS / "reference_dp_train.py"), str(npz), str(steps)]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"REF": code}
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {
+        "side": "reference",
+        "ranks": 1,
+        "threads_per_rank": 2,
+        "omp_wait_policy": "(unset: libgomp default)",
+        "steps": steps,
+        "step_s_median": result["step_s_median"],
+        "steps_per_s": result["steps_per_s"],
+        "command": f"REF={code} {' '.join(command)}",
+    }
+
+
+def part_speed(args: argparse.Namespace) -> None:
+    npz = None
+    if args.reference_python:
+        npz = Path(tempfile.mkdtemp()) / "store.npz"
+        subprocess.run([sys.executable, str(PEERS / "store_to_npz.py"), str(args.store), str(npz)], check=True)
+    cases = [("dpstack", 1, "ACTIVE"), ("reference", 1, ""), ("dpstack", 1, "PASSIVE"), ("dpstack", 2, "PASSIVE")]
+    rows = []
+    for round_index in range(args.rounds):
+        for side, ranks, policy in cases:
+            if side == "reference" and npz is None:
+                continue
+            if side == "reference":
+                row = run_reference(npz, args.steps, args.reference_python, args.reference_code)
+            else:
+                row = run_dpstack(args.store, args.steps, ranks, policy)
+                row.pop("records")
+            rows.append({"round": round_index, **row})
+            print({k: v for k, v in rows[-1].items() if k != "command"}, flush=True)
+    closing = run_dpstack(args.store, args.steps, 1, "ACTIVE")  # the closing A of A-B-A
+    closing.pop("records")
+    rows.append({"round": args.rounds, **closing})
+    reference = [r["steps_per_s"] for r in rows if r["side"] == "reference"]
+    summary = []
+    for side, ranks, policy in cases:
+        rates = [
+            r["steps_per_s"]
+            for r in rows
+            if (r["side"], r["ranks"]) == (side, ranks) and (side == "reference" or r["omp_wait_policy"] == policy)
+        ]
+        if not rates:
+            continue
+        median = statistics.median(rates)
+        summary.append(
+            {
+                "case": f"{side}, {ranks} rank(s), OMP_WAIT_POLICY={policy or 'unset'}",
+                "runs": len(rates),
+                "steps_per_s_median": median,
+                "steps_per_s_min": min(rates),
+                "steps_per_s_max": max(rates),
+                "vs_reference": median / statistics.median(reference) if reference else float("nan"),
+            }
+        )
+    write_results(
+        Path(args.out),
+        "train_throughput_speed",
+        summary,
+        columns=[
+            ("case", "case"),
+            ("runs", "runs"),
+            ("steps/s (median of runs)", "steps_per_s_median"),
+            ("min", "steps_per_s_min"),
+            ("max", "steps_per_s_max"),
+            ("x reference", "vs_reference"),
+        ],
+        meta={"store": str(args.store), "steps_per_run": args.steps, "cores": os.cpu_count(), "runs": rows},
+    )
+
+
+def part_breakdown(args: argparse.Namespace) -> None:
+    """The phases of a training step, the plain PyTorch way and dpstack's way, alternating step by step."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # before torch loads OpenMP
+    import copy
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from dpstack.config import load_config
+    from dpstack.data.dataset import SequenceDataset, batch_loader
+    from dpstack.data.store import EpisodeStore
+    from dpstack.envs.registry import task_spec
+    from dpstack.methods import build_policy
+    from dpstack.policy.module import ema_update
+    from dpstack.policy.normalizer import Normalizer
+    from dpstack.train import TrainConfig
+
+    torch.set_num_threads(2)
+    cfg = load_config("train", TrainConfig, ["task=pusht", f"dataset={args.store}", "out=unused"])
+    spec, store = task_spec(cfg.task), EpisodeStore.open(args.store)
+    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in spec.features.items()}})
+    policy = build_policy(cfg.policy, spec.features, spec.action_feature, normalizer)
+    dataset = SequenceDataset(store.path, list(spec.features), **policy.data_timing())
+    ema = copy.deepcopy(policy).requires_grad_(False)
+
+    def loop_ema(decay: float) -> None:  # the per-parameter loop (Diffusion Policy's EMAModel does this)
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), policy.parameters(), strict=True):
+                e.mul_(decay).add_(p, alpha=1 - decay)
+
+    order = RandomSampler(dataset, replacement=True, num_samples=10**7, generator=torch.Generator().manual_seed(0))
+    ways = {
+        "plain": {
+            "data": iter(DataLoader(dataset, batch_size=64, sampler=order)),
+            "optimizer": torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6),
+            "clip": lambda: torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0),
+            "ema": loop_ema,
+        },
+        "dpstack": {
+            "data": iter(batch_loader(dataset, order, 64)),
+            "optimizer": torch.optim.AdamW(
+                policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True
+            ),
+            "clip": lambda: torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0),  # foreach=True: no gain
+            "ema": lambda decay: ema_update(ema, policy, decay),
+        },
+    }
+    phases = ["data", "forward", "backward", "clip", "optimizer", "ema", "step"]
+    times: dict[str, dict[str, list[float]]] = {way: {p: [] for p in phases} for way in ways}
+    for step in range(2 * (args.steps + WARMUP)):
+        way = "plain" if step % 2 == 0 else "dpstack"  # alternate, so both see the same machine
+        parts = ways[way]
+        marks = [time.perf_counter()]
+        batch = next(parts["data"])
+        marks.append(time.perf_counter())
+        loss, _ = policy.compute_loss(batch)
+        marks.append(time.perf_counter())
+        parts["optimizer"].zero_grad(set_to_none=True)
+        loss.backward()
+        marks.append(time.perf_counter())
+        parts["clip"]()
+        marks.append(time.perf_counter())
+        parts["optimizer"].step()
+        marks.append(time.perf_counter())
+        parts["ema"](0.999)
+        marks.append(time.perf_counter())
+        if step >= 2 * WARMUP:
+            for phase, start, end in zip(phases, marks, marks[1:], strict=False):
+                times[way][phase].append(end - start)
+            times[way]["step"].append(marks[-1] - marks[0])
+    rows = []
+    for phase in phases:
+        plain, mine = (statistics.median(times[w][phase]) * 1000 for w in ways)
+        rows.append({"phase": phase, "plain_ms": plain, "dpstack_ms": mine, "saved_ms": plain - mine})
+        print(rows[-1], flush=True)
+    write_results(
+        Path(args.out),
+        "train_throughput_breakdown",
+        rows,
+        columns=[
+            ("phase", "phase"),
+            ("plain PyTorch ms (median)", "plain_ms"),
+            ("dpstack ms (median)", "dpstack_ms"),
+            ("saved ms", "saved_ms"),
+        ],
+        meta={
+            "store": str(args.store),
+            "steps_each": args.steps,
+            "plain": "per-window DataLoader + default collate; AdamW (foreach); clip_grad_norm_ (per tensor); "
+            "per-parameter EMA loop",
+            "dpstack": "batch_loader (one gather per batch); AdamW(fused=True); ema_update (torch._foreach_lerp_)",
+            "forward/backward/clip": "the same code in both (clip_grad_norm_ with foreach=True measured no faster); "
+            "their differences are noise",
+        },
+    )
+
+
+def part_scaling(args: argparse.Namespace) -> None:
+    extra = [f"warmup_steps={args.scaling_steps // 10}", "val_every=100"]
+    rows = []
+    for ranks in (1, 2):
+        run = run_dpstack(
+            args.store, args.scaling_steps - WARMUP - 1, ranks, "PASSIVE" if ranks > 1 else "ACTIVE", extra
+        )
+        validation = [(r["step"], r["train_s"], r["val_loss"]) for r in run["records"] if "val_loss" in r]
+        reached = next(((step, seconds) for step, seconds, loss in validation if loss <= args.target_val_loss), None)
+        rows.append(
+            {
+                "ranks": ranks,
+                "threads_per_rank": run["threads_per_rank"],
+                "steps_per_s": run["steps_per_s"],
+                "target_val_loss": args.target_val_loss,
+                "step_at_target": reached[0] if reached else None,
+                "seconds_to_target": reached[1] if reached else None,
+                "final_val_loss": validation[-1][2],
+                "validation": validation,
+                "command": run["command"],
+            }
+        )
+        print({k: v for k, v in rows[-1].items() if k != "validation"}, flush=True)
+    write_results(
+        Path(args.out),
+        "train_throughput_scaling",
+        rows,
+        columns=[
+            ("ranks", "ranks"),
+            ("threads per rank", "threads_per_rank"),
+            ("steps/s", "steps_per_s"),
+            ("step reaching the target", "step_at_target"),
+            ("seconds to the target", "seconds_to_target"),
+            ("final validation loss", "final_val_loss"),
+        ],
+        meta={"store": str(args.store), "steps": args.scaling_steps, "cores": os.cpu_count()},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["speed", "breakdown", "scaling"], default="speed")
+    parser.add_argument("--store", type=Path, default=ROOT / "runs" / "pusht200.zarr")
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per run (after 20 warm-up steps)")
+    parser.add_argument("--rounds", type=int, default=2, help="speed: rounds of the interleaved cases")
+    parser.add_argument("--reference-python", default="", help="the side venv's python (../shared/peers)")
+    parser.add_argument("--reference-code", default="", help="the folder holding the reference's diffusion_policy")
+    parser.add_argument("--scaling-steps", type=int, default=1200)
+    parser.add_argument("--target-val-loss", type=float, default=0.06)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    if not args.store.exists():
+        sys.exit(
+            f"{args.store}: no such store; make one with `dpstack collect task=pusht episodes=200 out={args.store}`"
+        )
+    {"speed": part_speed, "breakdown": part_breakdown, "scaling": part_scaling}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
