@@ -38,7 +38,9 @@ _COMPETITOR = "import torch; torch.set_num_threads(1); a = torch.randn(256, 256)
 
 
 def _step_time(threads: int, policy: str) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:  # "" leaves it unset: libgomp's default (spin a while, then sleep)
+        env["OMP_WAIT_POLICY"] = policy
     code = _STEP.format(threads=threads)
     # import torch directly (not through dpstack) so the policy given here is the one in force
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -48,7 +50,7 @@ def _step_time(threads: int, policy: str) -> float:
 def main() -> None:
     rows = []
     for competing in (0, 1, 2):
-        for threads, policy in ((1, "PASSIVE"), (2, "ACTIVE"), (2, "PASSIVE")):
+        for threads, policy in ((1, "PASSIVE"), (2, "ACTIVE"), (2, "PASSIVE"), (2, "")):
             busy = [subprocess.Popen([sys.executable, "-c", _COMPETITOR]) for _ in range(competing)]
             try:
                 seconds = _step_time(threads, policy)
@@ -60,7 +62,7 @@ def main() -> None:
                 {
                     "competing_processes": competing,
                     "threads": threads,
-                    "omp_wait_policy": policy,
+                    "omp_wait_policy": policy or "(unset)",
                     "step_s_median": seconds,
                 }
             )

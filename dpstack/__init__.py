@@ -16,23 +16,45 @@ and the layers below may only import downwards (import-linter contracts, checked
 """
 
 import os
+import time
 
 from dpstack.version import __version__
 
 __all__ = ["__version__"]
 
 
+def _runnable_elsewhere(samples: int = 5) -> int | None:
+    """Tasks running now besides this one: the fewest over a few reads of /proc/loadavg, 2 ms apart (a
+    blip is not load). None where the kernel does not say (not Linux)."""
+    counts = []
+    try:
+        for i in range(samples):
+            with open("/proc/loadavg") as loadavg:
+                counts.append(int(loadavg.read().split()[3].split("/")[0]) - 1)
+            if i + 1 < samples:
+                time.sleep(0.002)
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, min(counts))
+
+
 def _omp_wait_policy() -> str:
     """OpenMP's wait policy for this process, from what it can know before torch loads OpenMP.
 
-    Spinning (ACTIVE) workers are about a third faster for a training step on an idle machine; on a
-    machine shared with other busy processes they turn it into a crawl (a 2-thread U-Net step next to two
-    other jobs: 8.0 s spinning vs 0.26 s passive; benchmarks/threads.py). So: PASSIVE when several ranks
-    share this node (torchrun) or the 1-minute load average says other work is running, ACTIVE otherwise.
+    Spinning (ACTIVE) workers make a 2-thread U-Net training step 2-5x faster than PASSIVE ones on an
+    idle machine; next to other busy processes they make it about 2x slower (benchmarks/threads.py).
+    So: PASSIVE when several ranks share this node (torchrun) or other tasks are running right now,
+    ACTIVE otherwise. "Right now" is the kernel's count of running tasks, not the 1-minute load average,
+    which stays high for a minute after a job ends and would make the next run on an idle machine slow.
     """
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = os.getloadavg()[0] >= max(0.5, 0.25 * cores) if hasattr(os, "getloadavg") else True
+    threads = int(os.environ.get("OMP_NUM_THREADS", cores))
+    elsewhere = _runnable_elsewhere()
+    if elsewhere is None:  # no /proc: fall back on the load average
+        busy = os.getloadavg()[0] >= max(0.5, 0.25 * cores) if hasattr(os, "getloadavg") else True
+    else:
+        busy = elsewhere + threads > cores
     return "PASSIVE" if ranks_here > 1 or busy else "ACTIVE"
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -10,16 +13,39 @@ import dpstack
 
 
 @pytest.mark.parametrize(
-    ("load", "ranks", "expected"),
-    [(0.1, None, "ACTIVE"), (3.0, None, "PASSIVE"), (0.1, "2", "PASSIVE")],
+    ("running_elsewhere", "ranks", "expected"),
+    [(0, None, "ACTIVE"), (1, None, "PASSIVE"), (3, None, "PASSIVE"), (0, "2", "PASSIVE")],
 )
-def test_wait_policy_follows_load_and_ranks(
-    monkeypatch: pytest.MonkeyPatch, load: float, ranks: str | None, expected: str
+def test_wait_policy_follows_running_tasks_and_ranks(
+    monkeypatch: pytest.MonkeyPatch, running_elsewhere: int, ranks: str | None, expected: str
 ) -> None:
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(dpstack, "_runnable_elsewhere", lambda: running_elsewhere)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    for key in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+    for key in ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "OMP_NUM_THREADS"):
         monkeypatch.delenv(key, raising=False)
     if ranks:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
     assert dpstack._omp_wait_policy() == expected
+
+
+def test_one_thread_next_to_a_busy_process_may_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS=1 beside one busy task on 2 cores oversubscribes nothing."""
+    monkeypatch.setattr(dpstack, "_runnable_elsewhere", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for key in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert dpstack._omp_wait_policy() == "ACTIVE"
+
+
+def test_running_tasks_are_read_from_the_kernel() -> None:
+    """A real read of /proc/loadavg: a busy child process is seen as running elsewhere."""
+    if dpstack._runnable_elsewhere() is None:
+        pytest.skip("no /proc/loadavg on this system")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert dpstack._runnable_elsewhere(samples=20) >= 1
+    finally:
+        busy.kill()
+        busy.wait()
