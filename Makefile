@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-floor bench-ros-rate bench-planners bench-rollout bench-rl clean
+.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-floor bench-ros-rate bench-train bench-planners bench-rollout bench-rl clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -71,6 +71,14 @@ bench-floor: setup
 bench-ros-rate: setup
 	$(PY) -m benchmarks.ros --part rate --rate-models runs/bench-export/pusht-streaming-15-start1 \
 		runs/bench-export/pusht-ddim-4 --rates 10,50,100,200,500 --seconds 60
+
+# training steps/s against the reference Diffusion Policy loop (side venv: ../shared/peers/README.md)
+REF_PYTHON ?= /tmp/refvenv/bin/python
+REF_CODE ?= /tmp/refdp
+bench-train: setup
+	$(PY) -m benchmarks.train_throughput --part speed --reference-python $(REF_PYTHON) --reference-code $(REF_CODE)
+	$(PY) -m benchmarks.train_throughput --part breakdown
+	$(PY) -m benchmarks.train_throughput --part scaling
 
 bench-planners: setup
 	$(PY) -m benchmarks.planners

@@ -1,8 +1,8 @@
 """Why dpstack sets OMP_WAIT_POLICY=PASSIVE: training-step time with 1 or 2 torch threads, with and
 without competing busy processes, under OpenMP's active (spinning) and passive waiting.
 
-Each case runs in a fresh subprocess (the OpenMP wait policy is read once, when torch loads): 6 steps of
-the small U-Net at batch 64, median of the last 4. The competitor is another single-threaded torch job
+Each case runs in a fresh subprocess (the OpenMP wait policy is read once, when torch loads): 12 steps of
+the small U-Net at batch 64, median of the last 8. The competitor is another single-threaded torch job
 (the usual neighbour here: a second training or an evaluation), busy with 256x256 matmuls.
 
     python -m benchmarks.threads
@@ -26,11 +26,11 @@ m = ConditionalUnet1D(2, 36, **PRESETS["small"])
 opt = torch.optim.AdamW(m.parameters())
 x, c, t = torch.randn(64, 16, 2), torch.randn(64, 36), torch.randint(0, 100, (64,))
 times = []
-for _ in range(6):
+for _ in range(12):
     start = time.perf_counter()
     loss = m(x, t, c).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
     times.append(time.perf_counter() - start)
-print(json.dumps(statistics.median(times[2:])))
+print(json.dumps(statistics.median(times[4:])))
 """
 
 

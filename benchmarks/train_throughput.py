@@ -57,7 +57,8 @@ def _dpstack_command(store: Path, out: Path, steps: int, ranks: int, extra: list
 def run_dpstack(store: Path, steps: int, ranks: int, wait_policy: str, extra: list[str] = ()) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        command = _dpstack_command(store, out, steps + WARMUP + 1, ranks, ["warmup_steps=500", *extra])
+        extra = list(extra) if any(e.startswith("warmup_steps=") for e in extra) else ["warmup_steps=500", *extra]
+        command = _dpstack_command(store, out, steps + WARMUP + 1, ranks, extra)
         env = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
         subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd=ROOT)
         times = _step_times(out)
@@ -302,6 +303,11 @@ def main() -> None:
     if not args.store.exists():
         sys.exit(
             f"{args.store}: no such store; make one with `dpstack collect task=pusht episodes=200 out={args.store}`"
+        )
+    if args.reference_python and not (Path(args.reference_python).exists() and Path(args.reference_code).is_dir()):
+        sys.exit(
+            f"--reference-python {args.reference_python} / --reference-code {args.reference_code}: not found; "
+            f"set them up as {PEERS / 'README.md'} says, or leave them out to measure dpstack alone"
         )
     {"speed": part_speed, "breakdown": part_breakdown, "scaling": part_scaling}[args.part](args)
 
