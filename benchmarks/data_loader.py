@@ -2,8 +2,9 @@
 
 Builds two stores shaped like Push-T demonstrations (200 episodes of ~125 steps; state 20-d, or
 96x96x3 frames of a moving T on a plain background, which compress like real renders), then times
-full passes of a torch DataLoader over shuffled windows (horizon 16, n_obs_steps 2), with images held
-in RAM and read lazily from disk, with 0 and 2 worker processes. Medians of repeated epochs.
+passes over shuffled windows (horizon 16, n_obs_steps 2), with images held in RAM and read lazily from
+disk, with 0 and 2 worker processes, read window by window (a plain DataLoader) and batch by batch (the
+trainer's `batch_loader`), alternating. Medians of repeated runs.
 
     python -m benchmarks.data_loader [--quick] [--out benchmarks/results]
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from benchmarks.report import write_results
 from dpstack.data.dataset import SequenceDataset, batch_loader
@@ -54,19 +55,28 @@ def build_store(path: Path, episodes: int, image: bool, seed: int = 0) -> Episod
     return store
 
 
-def time_epochs(dataset: SequenceDataset, workers: int, batches: int, repeats: int) -> list[float]:
-    """Samples per second of `repeats` runs of `batches` shuffled batches of 256 windows."""
-    rates = []
+LOADERS = ("per window", "whole batch")
+
+
+def time_epochs(dataset: SequenceDataset, workers: int, batches: int, repeats: int) -> dict[str, list[float]]:
+    """Samples per second of `repeats` runs of `batches` shuffled batches of 256 windows, for each loader,
+    alternating: "per window" (a plain DataLoader: one read per window, then collated) and "whole batch"
+    (`batch_loader`, the trainer's: one gather per key and batch)."""
+    rates: dict[str, list[float]] = {name: [] for name in LOADERS}
     for repeat in range(repeats):
-        order = RandomSampler(dataset, generator=torch.Generator().manual_seed(repeat))
-        loader = batch_loader(dataset, order, 256, num_workers=workers)  # the trainer's loader
-        start = time.perf_counter()
-        count = 0
-        for i, batch in enumerate(loader):
-            count += batch["action"].shape[0]
-            if i + 1 == batches:
-                break
-        rates.append(count / (time.perf_counter() - start))
+        for name in LOADERS:
+            order = RandomSampler(dataset, generator=torch.Generator().manual_seed(repeat))
+            if name == "per window":
+                loader = DataLoader(dataset, batch_size=256, sampler=order, num_workers=workers, drop_last=True)
+            else:
+                loader = batch_loader(dataset, order, 256, num_workers=workers)
+            start = time.perf_counter()
+            count = 0
+            for i, batch in enumerate(loader):
+                count += batch["action"].shape[0]
+                if i + 1 == batches:
+                    break
+            rates[name].append(count / (time.perf_counter() - start))
     return rates
 
 
@@ -99,23 +109,29 @@ def main() -> None:
                 ram_budget_bytes=budget,
             )
             for workers in (0, 2):
-                rates = time_epochs(dataset, workers, batches, repeats)
-                rows.append(
-                    {
-                        "case": name,
-                        "workers": workers,
-                        "batch_size": 256,
-                        "samples_per_s_median": statistics.median(rates),
-                        "samples_per_s_all": rates,
-                        "store_steps": store.n_steps,
-                    }
-                )
-                print(f"{name:<24} workers={workers}  {statistics.median(rates):>10.0f} samples/s")
+                for loader, rates in time_epochs(dataset, workers, batches, repeats).items():
+                    rows.append(
+                        {
+                            "case": name,
+                            "workers": workers,
+                            "loader": loader,
+                            "batch_size": 256,
+                            "samples_per_s_median": statistics.median(rates),
+                            "samples_per_s_all": rates,
+                            "store_steps": store.n_steps,
+                        }
+                    )
+                    print(f"{name:<24} workers={workers} {loader:<12} {statistics.median(rates):>10.0f} samples/s")
     write_results(
         Path(args.out),
         "data_loader",
         rows,
-        columns=[("case", "case"), ("workers", "workers"), ("samples/s (median)", "samples_per_s_median")],
+        columns=[
+            ("case", "case"),
+            ("workers", "workers"),
+            ("loader", "loader"),
+            ("samples/s (median)", "samples_per_s_median"),
+        ],
         meta={
             "episodes": episodes,
             "batches_per_run": batches,
