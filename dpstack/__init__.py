@@ -59,4 +59,5 @@ def _omp_wait_policy() -> str:
 
 
 # This must be set before torch loads OpenMP, hence here; an explicit OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", _omp_wait_policy())
+if "OMP_WAIT_POLICY" not in os.environ:  # only then is it worth reading the kernel's task count
+    os.environ["OMP_WAIT_POLICY"] = _omp_wait_policy()
