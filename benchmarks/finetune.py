@@ -9,7 +9,8 @@ resumes) and is skipped when its output is complete:
 3. the baseline: a Gaussian MLP behaviour-cloned on the same store (`dpstack train policy=gaussian`),
    then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`);
 4. `dpstack eval` of all four policies on `--eval-episodes` seeds from 100000 (never the seeds that the
-   runs evaluated on during training, which start at 200000);
+   runs evaluated on during training, which start at 200000), and of both diffusion policies again with
+   DPPO's deterministic evaluation (`sampler=ddpm sampler.deterministic=true`);
 5. curves (training return of both runs and DPPO's deterministic evaluations against env steps) and
    where DPPO's time goes (policy inference, simulation + harness, update; medians per iteration).
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from benchmarks.policies import DPSTACK, run_command
 from benchmarks.report import write_results
-from benchmarks.rl import _eval, _spread, _state
+from benchmarks.rl import DDPM_MEAN, _eval, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
 PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
@@ -111,6 +112,12 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         record = _eval(checkpoint, out, args.eval_episodes, log, commands)
         row[f"{key}_return"], row[f"{key}_return_se"] = _spread(record)
     row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"]
+    # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
+    for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
+        out = runs / (f"dp-{name}-medium-eval-mean" if key == "pretrained" else f"{checkpoint.name}-eval-mean")
+        record = _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN)
+        row[f"{key}_mean_return"], row[f"{key}_mean_return_se"] = _spread(record)
+    row["dppo_mean_over_pretrained_mean"] = row["dppo_mean_return"] / row["pretrained_mean_return"]
     row["published_dppo"] = PUBLISHED.get(name)
     # 5. curves and time
     dppo_history, ppo_history = _history(dppo), _history(ppo)
@@ -152,6 +159,10 @@ def main() -> None:
         ("DPPO", "dppo_return"),
         ("+-", "dppo_return_se"),
         ("DPPO / pretrained", "dppo_over_pretrained"),
+        ("pretrained, DDPM mean", "pretrained_mean_return"),
+        ("DPPO, DDPM mean", "dppo_mean_return"),
+        ("+-  ", "dppo_mean_return_se"),
+        ("ratio, DDPM mean", "dppo_mean_over_pretrained_mean"),
         ("DPPO published", "published_dppo"),
         ("Gaussian BC", "bc_return"),
         ("Gaussian BC + PPO", "ppo_bc_return"),

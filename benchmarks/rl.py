@@ -11,7 +11,11 @@ the JSON records each one, resumes included) and is skipped when its output is a
    steps each (D4RL: 1M; the CPU budget here is stated in the JSON);
 4. Diffusion Policy (`policy=mlp-locomotion`, DPPO's setting) trained on the medium store for
    `--dp-steps` steps and evaluated on `--eval-episodes` seeds from 100000, against the store's own mean
-   episode return.
+   episode return: with its own (ancestral DDPM) sampler and with DPPO's deterministic evaluation
+   (`sampler=ddpm sampler.deterministic=true`, each reverse step's posterior mean).
+
+A store collected by another checkpoint than the one chosen now (a retrained expert) is renamed aside,
+with the Diffusion Policy runs trained on it, and made anew.
 
     python -m benchmarks.rl [--tasks hopper] [--ppo-steps 3000000] [--store-steps 200000] [--dp-steps 20000]
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shlex
 from pathlib import Path
@@ -36,6 +41,7 @@ from dpstack.data.store import EpisodeStore
 from dpstack.envs.locomotion import BODIES
 from dpstack.tasks import TaskConfig
 
+DDPM_MEAN = ["sampler=ddpm", "sampler.deterministic=true"]  # DPPO's deterministic evaluation
 PPO_ITERATION = 8 * 256  # rl_train.yaml: num_envs x ticks
 
 
@@ -64,6 +70,13 @@ def _eval(checkpoint: Path, out: Path, episodes: int, log: Path, commands: list[
 def _spread(record: dict) -> tuple[float, float]:
     returns = np.array([e["return"] for e in record["per_episode"]])
     return float(returns.mean()), float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
+
+
+def _return_at(history: list[dict], iteration: int) -> float:
+    """The last finished episodes' training return at or before `iteration` (an iteration in which no
+    episode ended logs NaN; a NaN key would make `min` pick an arbitrary snapshot)."""
+    finite = [h["return"] for h in history if h["iteration"] <= iteration and math.isfinite(h["return"])]
+    return finite[-1] if finite else math.inf
 
 
 def _store_return(path: Path) -> tuple[float, int, int]:
@@ -106,12 +119,19 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     # 3. stores: the expert's and a medium snapshot's (about a third of the expert's return)
     history = [json.loads(line) for line in (ppo / "metrics.jsonl").read_text().splitlines()]
     snapshots = sorted((ppo / "checkpoints").glob("iter_*"))
-    by_iteration = {h["iteration"]: h["return"] for h in history}
     target = row["expert_return"] / 3
-    medium = min(snapshots, key=lambda p: abs(by_iteration.get(int(p.name[5:]), np.inf) - target))
+    medium = min(snapshots, key=lambda p: abs(_return_at(history, int(p.name[5:])) - target))
     row["medium_snapshot"] = medium.name
     for quality, checkpoint in (("medium", medium), ("expert", ppo)):
         store = runs / f"{name}-{quality}.zarr"
+        made_by = EpisodeStore.open(store).info()["attrs"].get("collect", {}).get("policy") if store.exists() else None
+        if made_by is not None and made_by != str(checkpoint):  # another expert or snapshot: kept aside, not mixed in
+            suffix = Path(made_by).name
+            store.rename(store.with_name(f"{store.stem}.{suffix}.zarr"))
+            if quality == "medium":  # so is everything trained on it
+                for run in runs.glob(f"dp-{name}-medium*"):
+                    if not run.name.endswith(suffix):
+                        run.rename(run.with_name(f"{run.name}.{suffix}"))
         if not store.exists() or EpisodeStore.open(store).n_steps < args.store_steps:
             command = [DPSTACK, "collect", f"task={name}", f"expert={checkpoint}", f"steps={args.store_steps}",
                        f"out={store}", "progress=false"]  # fmt: skip
@@ -134,6 +154,10 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     row["dp_return"], row["dp_return_se"] = _spread(record)
     row["dp_score"], row["dp_steps"] = record["mean_score"], args.dp_steps
     row["dp_over_medium"] = row["dp_return"] / row["medium_store_return"]
+    # DPPO's evaluation protocol: the same chain without its reverse steps' noise (DDPM's posterior means)
+    mean = _eval(dp, runs / f"dp-{name}-medium-eval-mean", args.eval_episodes, log, commands, DDPM_MEAN)
+    row["dp_mean_return"], row["dp_mean_return_se"] = _spread(mean)
+    row["dp_mean_over_medium"] = row["dp_mean_return"] / row["medium_store_return"]
     print({k: v for k, v in row.items() if k != "commands"}, flush=True)
     return row
 
@@ -170,6 +194,9 @@ def main() -> None:
         ("DP on medium", "dp_return"),
         ("+- ", "dp_return_se"),
         ("DP / medium", "dp_over_medium"),
+        ("DP, DDPM mean", "dp_mean_return"),
+        ("+-  ", "dp_mean_return_se"),
+        ("DP mean / medium", "dp_mean_over_medium"),
     ]
     meta = {
         "command": "python -m benchmarks.rl " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),

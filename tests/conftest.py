@@ -13,7 +13,7 @@ from dpstack.envs.registry import load_task_config, make_env
 from dpstack.methods import load_policy
 from dpstack.policy.diffusion_policy import PolicyConfig
 from dpstack.policy.export import export_policy
-from dpstack.policy.samplers import DDIMOptions, RTIOptions, StreamingOptions
+from dpstack.policy.samplers import DDIMOptions, DDPMOptions, RTIOptions, StreamingOptions
 from dpstack.tasks import TaskConfig
 from dpstack.train import TrainConfig, train
 
@@ -74,6 +74,7 @@ def train_config(store: Path, out: Path, **kwargs) -> TrainConfig:
 # A tiny streaming-trained U-Net exported with three samplers: shared by the export and ROS tests.
 EXPORT_SAMPLERS = {
     "ddim": DDIMOptions(num_inference_steps=3),
+    "ddpm-mean": DDPMOptions(num_inference_steps=3, deterministic=True),  # DPPO's evaluation sampler
     "streaming": StreamingOptions(num_inference_steps=3),  # 3 chunks, one call per tick
     "rti": RTIOptions(first="ddim", num_inference_steps=3, timesteps=[1, 0]),
 }

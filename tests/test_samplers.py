@@ -159,6 +159,7 @@ def tiny_policy(**overrides) -> DiffusionPolicy:
 
 SAMPLER_CONFIGS = {
     "ddpm": DDPMOptions(num_inference_steps=10),
+    "ddpm-mean": DDPMOptions(num_inference_steps=10, deterministic=True),
     "ddim": DDIMOptions(num_inference_steps=4),
     "streaming": StreamingOptions(),
     "rti": RTIOptions(first="ddim", num_inference_steps=4),
@@ -184,6 +185,28 @@ def test_each_sampler_is_reproducible_given_the_noise(name: str) -> None:
     assert a[0].shape[1] >= policy.actions_per_tick(sampler)
     if name != "ddim" or SAMPLER_CONFIGS[name].eta > 0:  # deterministic DDIM ignores all but the first noise
         assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_ddpm_mean_takes_each_posterior_mean_and_ignores_the_step_noise() -> None:
+    window = SamplerWindow(SCHEDULE, 8, 2, 4)
+    ancestral, mean = (
+        DDPMOptions(num_inference_steps=5).build(window),
+        DDPMOptions(num_inference_steps=5, deterministic=True).build(window),
+    )
+    assert (ancestral.name, mean.name) == ("ddpm-5", "ddpm-mean-5")
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x + cond[:, None, :1]
+
+    cond, noise = torch.randn(3, 4), torch.randn(mean.noise_shape(3, 8, 2), generator=torch.Generator().manual_seed(0))
+    other_steps = torch.cat([noise[:1], torch.randn_like(noise[1:])])
+    zero_steps = torch.cat([noise[:1], torch.zeros_like(noise[1:])])
+    x = mean.sample(denoiser, cond, noise)
+    torch.testing.assert_close(x, mean.sample(denoiser, cond, other_steps), rtol=0, atol=0)
+    torch.testing.assert_close(x, ancestral.sample(denoiser, cond, zero_steps), rtol=0, atol=0)
+    assert not torch.allclose(ancestral.sample(denoiser, cond, noise), ancestral.sample(denoiser, cond, other_steps))
+    other_start = torch.cat([torch.randn_like(noise[:1]), noise[1:]])
+    assert not torch.allclose(x, mean.sample(denoiser, cond, other_start))  # x_T still matters
 
 
 @pytest.mark.parametrize("name", ["streaming", "rti"])

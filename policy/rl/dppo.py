@@ -13,8 +13,10 @@ Diffusion Policy checkpoint). Per iteration:
    step's log-likelihood (clamped, averaged over the executed actions), normalized advantages
    discounted by gamma_denoising^(K' - i - 1), a clip that rises from `clip_base` to `clip_last` across
    the steps; critic warm-up, gradient clipping, a target-KL stop;
-4. deterministic evaluation (the checkpoint's own sampler, no exploration noise, seeds from
-   `eval_seed`) every `eval_every` iterations, checkpoints, metrics.jsonl, TensorBoard, a PNG.
+4. deterministic evaluation as DPPO's (the fine-tuned chain without exploration noise: DDPM's posterior
+   means, or DDIM with eta 0; seeds from `eval_seed`) every `eval_every` iterations, checkpoints,
+   metrics.jsonl, TensorBoard, a PNG. `dpstack eval ... sampler=ddpm sampler.deterministic=true`
+   reproduces it; the checkpoint's default sampler stays the stochastic chain.
 
 The math is in `dpstack.policy.rl.losses` (shared with Gaussian PPO); each config key below has DPPO's
 default for its Gym setting (../shared/reference.md section 4), scaled to this machine where noted.
@@ -265,7 +267,10 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
 
     def evaluate() -> dict[str, float]:
         spec = EvalSpec(cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed, num_envs=min(cfg.eval_episodes, 8))
-        record = evaluate_policy(policy, spec)  # the checkpoint's own sampler: fine-tuned steps, no exploration
+        # the fine-tuned chain without exploration, deterministic as DPPO evaluates: DDPM's posterior means
+        # (DDIM's default eta 0 already is)
+        sampler = policy.make_sampler({"deterministic": True}) if cfg.sampler == "ddpm" else None
+        record = evaluate_policy(policy, spec, sampler)
         returns = [e["return"] for e in record["per_episode"]]
         return {"eval_return": float(np.mean(returns)), "eval_return_se": float(np.std(returns) / math.sqrt(len(returns))),
                 "eval_success": record["success_rate"], "eval_score": record["mean_score"]}  # fmt: skip

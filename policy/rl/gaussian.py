@@ -31,6 +31,7 @@ class GaussianOptions:
 
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     init_log_std: float = 0.0
+    activation: str = "tanh"  # tanh (CleanRL's) | relu (rl-zoo's HalfCheetah setting)
     action_low: list[float] | None = None  # the task's limits (filled from the task spec at training)
     action_high: list[float] | None = None
 
@@ -87,14 +88,17 @@ class RunningNorm(nn.Module):
         return normalized.clamp(-self.clip, self.clip).float()
 
 
-def _mlp(sizes: list[int], out_gain: float) -> nn.Sequential:
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def _mlp(sizes: list[int], out_gain: float, activation: str = "tanh") -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         linear = nn.Linear(a, b)
         last = i == len(sizes) - 2
         nn.init.orthogonal_(linear.weight, out_gain if last else math.sqrt(2))
         nn.init.zeros_(linear.bias)
-        layers += [linear] if last else [linear, nn.Tanh()]
+        layers += [linear] if last else [linear, ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
@@ -114,8 +118,10 @@ class GaussianPolicy(PolicyModule):
         act_dim = int(np.prod(action_feature.shape))
         self.action_dim = act_dim
         self.obs_norm = RunningNorm(obs_dim)
-        self.actor = _mlp([obs_dim, *self.options.hidden, act_dim], out_gain=0.01)
-        self.critic = _mlp([obs_dim, *self.options.hidden, 1], out_gain=1.0)
+        if self.options.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: {self.options.activation!r} is not one of {sorted(ACTIVATIONS)}")
+        self.actor = _mlp([obs_dim, *self.options.hidden, act_dim], 0.01, self.options.activation)
+        self.critic = _mlp([obs_dim, *self.options.hidden, 1], 1.0, self.options.activation)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(self.options.init_log_std)))
         low = self.options.action_low or [-1.0] * act_dim
         high = self.options.action_high or [1.0] * act_dim

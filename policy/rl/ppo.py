@@ -77,6 +77,7 @@ class PPOConfig:
     scale_rewards: bool = field(default=True, metadata={"help": "divide rewards by the running std of the return"})
     hidden: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden sizes"})
     init_log_std: float = field(default=0.0, metadata={"help": "initial log std of the actions"})
+    activation: str = field(default="tanh", metadata={"help": "hidden activation: tanh | relu"})
     checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
     snapshot_every: int = field(default=0, metadata={"help": "keep checkpoints/iter_<n> every n iterations (0: none)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, the action noise and the env seeds"})
@@ -114,7 +115,7 @@ def train(cfg: PPOConfig, init: GaussianPolicy | None = None) -> dict[str, Any]:
     spec = task_spec(cfg.task)
     if len(spec.action_feature.shape) != 1:
         raise ConfigError(f"task {spec.name}: PPO needs a flat action vector, got shape {spec.action_feature.shape}")
-    options = {"hidden": list(cfg.hidden), "init_log_std": cfg.init_log_std}
+    options = {"hidden": list(cfg.hidden), "init_log_std": cfg.init_log_std, "activation": cfg.activation}
     options |= {"action_low": list(spec.action_low), "action_high": list(spec.action_high)}
     policy_cfg = PolicyConfig(method="gaussian", horizon=1, n_obs_steps=1, n_action_steps=1, method_kwargs=options)
     policy = GaussianPolicy(policy_cfg, spec.features, spec.action_feature)

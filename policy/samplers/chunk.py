@@ -35,20 +35,23 @@ class ChunkSampler:
     """Every tick starts from pure noise and runs `num_inference_steps` reverse steps; no state.
 
     noise[0] is the initial sample x_T; noise[i + 1] is the noise of reverse step i (unused, and may be
-    zeros, for deterministic DDIM). `actions_per_tick` None executes the policy's n_action_steps.
+    zeros, for deterministic DDIM). `step_noise` False zeroes the reverse steps' noise: DDPM then takes
+    each step's posterior mean ("DDPM mean", DPPO's deterministic evaluation). `actions_per_tick` None
+    executes the policy's n_action_steps.
     """
 
     scheduler: DDPMScheduler | DDIMScheduler
     num_inference_steps: int
     actions_per_tick: int | None = None
     spacing: str = "leading"  # of the inference timesteps, see `dpstack.policy.schedulers.spaced_timesteps`
+    step_noise: bool = True
 
     stateful: ClassVar[bool] = False  # carries state between ticks (its first tick differs)
 
     @property
     def name(self) -> str:
         kind = "ddpm" if isinstance(self.scheduler, DDPMScheduler) else "ddim"
-        return f"{kind}-{self.num_inference_steps}"
+        return f"{kind}{'' if self.step_noise else '-mean'}-{self.num_inference_steps}"
 
     @property
     def nfe_per_chunk(self) -> int:
@@ -68,7 +71,8 @@ class ChunkSampler:
     def sample(self, denoiser: Denoiser, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Normalized chunk (B, T, Da) from noise of `noise_shape`."""
         timesteps = self.scheduler.timesteps(self.num_inference_steps, self.spacing).to(cond.device)
-        return reverse_steps(self.scheduler, denoiser, cond, noise[0], timesteps, noise[1:])
+        step_noise = noise[1:] if self.step_noise else torch.zeros_like(noise[1:])
+        return reverse_steps(self.scheduler, denoiser, cond, noise[0], timesteps, step_noise)
 
     def tick(
         self, denoiser: Denoiser, cond: torch.Tensor, state: SamplerState, noise: torch.Tensor
@@ -93,11 +97,17 @@ class DDPMOptions:
 
     name: str = "ddpm"
     num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: every training level)"})
+    deterministic: bool = field(
+        default=False,
+        metadata={"help": "no noise in the reverse steps: each step's posterior mean (DPPO's evaluation)"},
+    )
     actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP})
 
     def build(self, window: SamplerWindow) -> ChunkSampler:
         sampler = make_sampler("ddpm", window.schedule, self.num_inference_steps)
-        return ChunkSampler(sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick)
+        return ChunkSampler(
+            sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick, step_noise=not self.deterministic
+        )
 
 
 @dataclass
