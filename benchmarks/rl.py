@@ -42,7 +42,6 @@ from dpstack.envs.locomotion import BODIES
 from dpstack.tasks import TaskConfig
 
 DDPM_MEAN = ["sampler=ddpm", "sampler.deterministic=true"]  # DPPO's deterministic evaluation
-PPO_ITERATION = 8 * 256  # rl_train.yaml: num_envs x ticks
 
 
 def _state(run: Path) -> dict[str, Any]:
@@ -94,8 +93,9 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     # 1. the expert
     ppo = runs / f"ppo-{name}"
     # a run that finished its own budget is kept as it is (its budget is what the row reports)
-    budget = json.loads((ppo / "train_config.json").read_text())["total_steps"] if ppo.exists() else args.ppo_steps
-    if _state(ppo).get("iteration", 0) < budget // PPO_ITERATION:
+    config = json.loads((ppo / "train_config.json").read_text()) if ppo.exists() else {}
+    budget = config.get("total_steps", args.ppo_steps)
+    if not config or _state(ppo).get("iteration", 0) < budget // (config["num_envs"] * config["ticks"]):
         command = [DPSTACK, "rl", "train", f"task={name}", f"out={ppo}", f"total_steps={budget}",
                    "checkpoint_every=10", "snapshot_every=25", "seed=0", "progress=false"]  # fmt: skip
         if ppo.exists():

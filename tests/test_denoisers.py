@@ -42,3 +42,17 @@ def test_bad_shapes_are_named(name: str) -> None:
 def test_unet_presets_match_published_sizes() -> None:
     lowdim = unet1d.ConditionalUnet1D(2, 40, **unet1d.PRESETS["lowdim"])
     assert abs(sum(p.numel() for p in lowdim.parameters()) / 1e6 - 65.8) < 0.1  # Diffusion Policy's 65.8 M
+
+
+def test_residual_mlp_has_dppos_layout_and_refuses_uneven_widths() -> None:
+    torch.manual_seed(0)
+    net = mlp.MLPDenoiser(3, 11, horizon=4, hidden=(32, 32, 32), residual=True)
+    linears = [m for m in net.body.modules() if isinstance(m, torch.nn.Linear)]
+    # in -> 32, one residual pair 32 -> 32 -> 32, 32 -> out: as many layers as the plain 3 x 32 MLP
+    assert [(m.in_features, m.out_features) for m in linears] == [(4 * 19 + 11, 32), (32, 32), (32, 32), (32, 12)]
+    block = net.body[1]
+    h = torch.randn(5, 32)
+    torch.testing.assert_close(block(h), h + block.body(h))
+    assert net(torch.randn(5, 4, 3), torch.randint(0, 20, (5,)), torch.randn(5, 11)).shape == (5, 4, 3)
+    with pytest.raises(ValueError, match="odd number of equal hidden sizes"):
+        mlp.MLPDenoiser(3, 11, horizon=4, hidden=(32, 64, 32), residual=True)

@@ -12,6 +12,17 @@ from dpstack.policy.denoisers.embeddings import SinusoidalEmbedding, check_denoi
 PRESETS = {"small": {"hidden": (512, 512, 512)}, "tiny": {"hidden": (64, 64)}}
 
 
+class PreActivationBlock(nn.Module):
+    """x + Linear(Mish(Linear(Mish(x)))): DPPO's residual pair of hidden layers."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Mish(), nn.Linear(width, width), nn.Mish(), nn.Linear(width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 class MLPDenoiser(nn.Module):
     """eps_theta(sample (B, T, Da), timesteps (B,) | (B, T), cond (B, C)) -> (B, T, Da) for a fixed T."""
 
@@ -22,14 +33,21 @@ class MLPDenoiser(nn.Module):
         horizon: int = 16,
         hidden: tuple[int, ...] = (512, 512, 512),
         step_embed_dim: int = 16,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.action_dim, self.cond_dim, self.horizon = action_dim, cond_dim, horizon
         self.time_emb = SinusoidalEmbedding(step_embed_dim)
         sizes = [horizon * (action_dim + step_embed_dim) + cond_dim, *hidden]
         layers: list[nn.Module] = []
-        for a, b in itertools.pairwise(sizes):
-            layers += [nn.Linear(a, b), nn.Mish()]
+        if residual:  # DPPO's ResidualMLP: in -> width, residual pairs, width -> out
+            if len(set(hidden)) != 1 or len(hidden) % 2 == 0:
+                raise ValueError(f"MLPDenoiser: residual needs an odd number of equal hidden sizes, got {hidden}")
+            layers = [nn.Linear(sizes[0], hidden[0])]
+            layers += [PreActivationBlock(hidden[0]) for _ in range(len(hidden) // 2)]
+        else:
+            for a, b in itertools.pairwise(sizes):
+                layers += [nn.Linear(a, b), nn.Mish()]
         self.body = nn.Sequential(*layers, nn.Linear(sizes[-1], horizon * action_dim))
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
