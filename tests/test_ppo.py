@@ -159,3 +159,29 @@ def test_sigkill_then_resume_continues_at_the_same_iteration(tmp_path: Path) -> 
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == list(range(1, 11))
     assert json.loads(state.read_text())["iteration"] == 10
+
+
+def test_a_tasks_own_ppo_settings_apply_under_the_command_line() -> None:
+    from dpstack.config import load_config
+
+    hopper = load_config("rl_train", PPOConfig, ["task=hopper", "out=x"])
+    cheetah = load_config("rl_train", PPOConfig, ["task=halfcheetah", "out=x"])
+    assert (hopper.activation, hopper.ticks, hopper.lr) == ("tanh", 256, 3e-4)  # no configs/ppo/hopper.yaml
+    assert (cheetah.activation, cheetah.ticks, cheetah.init_log_std, cheetah.hidden) == ("relu", 64, -2.0, [256, 256])
+    assert load_config("rl_train", PPOConfig, ["task=halfcheetah", "out=x", "lr=1e-3"]).lr == 1e-3  # key=value wins
+
+
+def test_gaussian_policy_activation_is_an_option_and_checked() -> None:
+    from dpstack.features import Feature
+    from dpstack.policy.diffusion_policy import PolicyConfig
+    from dpstack.policy.rl.gaussian import GaussianPolicy
+
+    def policy(activation: str) -> GaussianPolicy:
+        cfg = PolicyConfig(method="gaussian", horizon=1, n_obs_steps=1, n_action_steps=1,
+                           method_kwargs={"hidden": [8], "activation": activation})  # fmt: skip
+        return GaussianPolicy(cfg, {"state": Feature((3,))}, Feature((2,)))
+
+    assert any(isinstance(m, torch.nn.ReLU) for m in policy("relu").actor.modules())
+    assert any(isinstance(m, torch.nn.Tanh) for m in policy("tanh").actor.modules())
+    with pytest.raises(ValueError, match="activation: 'gelu' is not one of"):
+        policy("gelu")
