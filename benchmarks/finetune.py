@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks.policies import DPSTACK, run_command
 from benchmarks.report import write_results
-from benchmarks.rl import DDPM_MEAN, _eval, _spread, _state
+from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
 PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
@@ -112,6 +112,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         record = _eval(checkpoint, out, args.eval_episodes, log, commands)
         row[f"{key}_return"], row[f"{key}_return_se"] = _spread(record)
     row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"]
+    row["run_logs"] = {run.name: _run_log(run) for run in (dppo, bc, ppo)}
     # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
         out = runs / (f"dp-{name}-medium-eval-mean" if key == "pretrained" else f"{checkpoint.name}-eval-mean")
@@ -133,7 +134,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         for h in dppo_history
         if "eval_return" in h
     ]
-    print({k: v for k, v in row.items() if k not in ("commands", "dppo_eval_curve")}, flush=True)
+    print({k: v for k, v in row.items() if k not in ("commands", "run_logs", "dppo_eval_curve")}, flush=True)
     return row
 
 

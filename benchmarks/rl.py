@@ -66,6 +66,12 @@ def _eval(checkpoint: Path, out: Path, episodes: int, log: Path, commands: list[
     return json.loads(record_path.read_text())
 
 
+def _run_log(run: Path) -> list[dict[str, Any]]:
+    """The run's own command log (`<run>/commands.jsonl`, written by `dpstack`): every start and end, resumes included."""
+    path = run / "commands.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def _spread(record: dict) -> tuple[float, float]:
     returns = np.array([e["return"] for e in record["per_episode"]])
     return float(returns.mean()), float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
@@ -154,11 +160,12 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     row["dp_return"], row["dp_return_se"] = _spread(record)
     row["dp_score"], row["dp_steps"] = record["mean_score"], args.dp_steps
     row["dp_over_medium"] = row["dp_return"] / row["medium_store_return"]
+    row["run_logs"] = {run.name: _run_log(run) for run in (ppo, dp)}
     # DPPO's evaluation protocol: the same chain without its reverse steps' noise (DDPM's posterior means)
     mean = _eval(dp, runs / f"dp-{name}-medium-eval-mean", args.eval_episodes, log, commands, DDPM_MEAN)
     row["dp_mean_return"], row["dp_mean_return_se"] = _spread(mean)
     row["dp_mean_over_medium"] = row["dp_mean_return"] / row["medium_store_return"]
-    print({k: v for k, v in row.items() if k != "commands"}, flush=True)
+    print({k: v for k, v in row.items() if k not in ("commands", "run_logs")}, flush=True)
     return row
 
 

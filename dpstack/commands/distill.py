@@ -14,6 +14,7 @@ import json
 from dpstack.train import TrainConfig as Config
 
 CONFIG_NAME = "distill"
+LOGS_COMMANDS = True  # <out>/commands.jsonl (dpstack.cli)
 __all__ = ["CONFIG_NAME", "Config", "run"]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dpstack.policy.rl.dppo import DPPOConfig as Config
 
 CONFIG_NAME = "finetune"
+LOGS_COMMANDS = True  # <out>/commands.jsonl (dpstack.cli)
 __all__ = ["CONFIG_NAME", "Config", "run"]
 
 

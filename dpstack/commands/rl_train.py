@@ -9,6 +9,7 @@ from __future__ import annotations
 from dpstack.policy.rl.ppo import PPOConfig as Config
 
 CONFIG_NAME = "rl_train"
+LOGS_COMMANDS = True  # <out>/commands.jsonl (dpstack.cli)
 __all__ = ["CONFIG_NAME", "Config", "run"]
 
 

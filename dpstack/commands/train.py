@@ -12,6 +12,7 @@ import json
 from dpstack.train import TrainConfig as Config
 
 CONFIG_NAME = "train"
+LOGS_COMMANDS = True  # <out>/commands.jsonl (dpstack.cli)
 __all__ = ["CONFIG_NAME", "Config", "run"]
 
 
