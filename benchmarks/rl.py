@@ -10,14 +10,14 @@ the JSON records each one, resumes included) and is skipped when its output is a
    training return is closest to a third of the expert's evaluated return ("medium"), `--store-steps`
    steps each (D4RL: 1M; the CPU budget here is stated in the JSON);
 4. Diffusion Policy (`policy=mlp-locomotion`, DPPO's setting) trained on the medium store for
-   `--dp-steps` steps and evaluated on `--eval-episodes` seeds from 100000, against the store's own mean
+   `--dp-steps` steps at peak learning rate `--dp-lr` (a run made with another recipe is renamed aside) and evaluated on `--eval-episodes` seeds from 100000, against the store's own mean
    episode return: with its own (ancestral DDPM) sampler and with DPPO's deterministic evaluation
    (`sampler=ddpm sampler.deterministic=true`, each reverse step's posterior mean).
 
 A store collected by another checkpoint than the one chosen now (a retrained expert) is renamed aside,
 with the Diffusion Policy runs trained on it, and made anew.
 
-    python -m benchmarks.rl [--tasks hopper] [--ppo-steps 3000000] [--store-steps 200000] [--dp-steps 20000]
+    python -m benchmarks.rl [--tasks hopper] [--ppo-steps 3000000] [--store-steps 200000] [--dp-steps 40000] [--dp-lr 1e-3]
 
 Writes benchmarks/results/rl.{json,md}; runs live in runs/ (not committed).
 """
@@ -148,10 +148,13 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
         )
     # 4. Diffusion Policy on the medium store
     dp = runs / f"dp-{name}-medium"
+    made = json.loads((dp / "train_config.json").read_text()) if (dp / "train_config.json").exists() else None
+    if made is not None and (made["lr"], made["steps"]) != (args.dp_lr, args.dp_steps):  # another recipe: aside
+        dp.rename(dp.with_name(f"{dp.name}.lr{made['lr']:g}-{made['steps']}"))
     if _state(dp).get("step", 0) < args.dp_steps:
         command = [DPSTACK, "train", f"task={name}", "policy=mlp-locomotion", f"dataset={runs / f'{name}-medium.zarr'}",
-                   f"out={dp}", f"steps={args.dp_steps}", "batch_size=256", "eval_episodes=0", "checkpoint_every=2000",
-                   "threads=2", "progress=false"]  # fmt: skip
+                   f"out={dp}", f"steps={args.dp_steps}", f"lr={args.dp_lr:g}", "batch_size=256", "eval_episodes=0",
+                   "checkpoint_every=2000", "threads=2", "progress=false"]  # fmt: skip
         if dp.exists():
             command.append("resume=true")
         commands.append(shlex.join(["dpstack", *command[1:]]))
@@ -176,7 +179,8 @@ def main() -> None:
         "--ppo-steps", type=int, default=3_000_000, help="PPO budget of a new run (a finished run keeps its own)"
     )
     parser.add_argument("--store-steps", type=int, default=200_000)
-    parser.add_argument("--dp-steps", type=int, default=20_000)
+    parser.add_argument("--dp-steps", type=int, default=40_000)
+    parser.add_argument("--dp-lr", type=float, default=1e-3, help="AdamW peak learning rate of the Diffusion Policy")
     parser.add_argument("--ref-episodes", type=int, default=100)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
