@@ -77,11 +77,14 @@ def _spread(record: dict) -> tuple[float, float]:
     return float(returns.mean()), float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else 0.0
 
 
-def _return_at(history: list[dict], iteration: int) -> float:
-    """The last finished episodes' training return at or before `iteration` (an iteration in which no
-    episode ended logs NaN; a NaN key would make `min` pick an arbitrary snapshot)."""
-    finite = [h["return"] for h in history if h["iteration"] <= iteration and math.isfinite(h["return"])]
-    return finite[-1] if finite else math.inf
+def _return_at(history: list[dict], iteration: int, window_steps: int = 25_000) -> float:
+    """The mean training return over the `window_steps` env steps up to `iteration`: one iteration's few
+    episodes are noise (a late walker snapshot once logged 1,499 between iterations near 5,000), and the
+    NaN of iterations in which no episode ended are skipped (a NaN key would make `min` pick at random)."""
+    end = next(h["env_steps"] for h in history if h["iteration"] == iteration)
+    recent = [h["return"] for h in history if end - window_steps < h["env_steps"] <= end]
+    finite = [r for r in recent if math.isfinite(r)]
+    return float(np.mean(finite)) if finite else math.inf
 
 
 def _store_return(path: Path) -> tuple[float, int, int]:
