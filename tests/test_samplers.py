@@ -234,6 +234,7 @@ def test_eval_runs_with_every_sampler_and_measures_nfe(name: str) -> None:
     ticks = 20
     expected = {
         "ddpm": 10 * 4 / ticks,  # a chunk of 5 actions every 5 ticks
+        "ddpm-mean": 10 * 4 / ticks,
         "ddim": 4 * 4 / ticks,
         "streaming": (15 + 5 * 3) / ticks,  # a full first tick, then 5 calls per 5 actions
         "rti": (4 + 3 * 19) / ticks,  # a full first tick, then 3 calls per action
