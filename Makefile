@@ -28,13 +28,10 @@ test: setup lint-imports
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-# The layer contracts (pyproject.toml [tool.importlinter]) checked on the installed layout: the repository's
-# folders only become dpstack.policy, dpstack.envs, ... once installed, so a plain (not editable) copy is
-# installed into build/layout first (about a second, no dependencies).
+# The layer contracts (pyproject.toml [tool.importlinter]), run from the checkout: dpstack/policy, envs,
+# planners and ros are symlinks to the root folders, so the source tree has the installed package's shape.
 lint-imports: setup
-	rm -rf build/layout
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation --target build/layout . 2>/dev/null
-	cd build/layout && ../../$(VENV)/bin/lint-imports ../../pyproject.toml
+	$(VENV)/bin/lint-imports
 
 # The wheel installed (not editable) into fresh venvs, run from outside the checkout: the full profile
 # (--help, dataset info, a short eval) and the runtime profile (no torch: OnnxPolicy and the ROS 2 node).

@@ -147,14 +147,15 @@ def test_lint_imports_fails_when_a_wrong_arrow_comes_back(
 
 
 def test_every_package_folder_is_in_the_wheel() -> None:
-    """pyproject.toml lists the packages by hand (package-dir mapping): a new folder must be listed too."""
+    """pyproject.toml lists the packages by hand (package-dir mapping): a new folder must be listed too,
+    and so must a config group folder (YAML only, no __init__.py), or the wheel ships without it."""
     import tomllib
 
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {v: k for k, v in config["package-dir"].items()}  # folder -> package name
     found = set()
-    for init in REPO.glob("*/**/__init__.py"):
-        relative = init.parent.relative_to(REPO)
+    for marker in [*REPO.glob("*/**/__init__.py"), *REPO.glob("configs/**/*.yaml")]:
+        relative = marker.parent.relative_to(REPO)
         top = relative.parts[0]
         if top in folders:
             found.add(".".join([folders[top], *relative.parts[1:]]))
