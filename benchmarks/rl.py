@@ -7,11 +7,12 @@ the JSON records each one, resumes included) and is skipped when its output is a
 2. references: a uniform random policy and the expert (mean action), `--ref-episodes` each, beside
    D4RL's published references;
 3. stores: `dpstack collect expert=...` from the final policy ("expert") and from the PPO snapshot whose
-   training return is closest to a third of the expert's evaluated return ("medium"), `--store-steps`
-   steps each (D4RL: 1M; the CPU budget here is stated in the JSON);
+   training return (mean over its last 25k env steps) is closest to a third of the expert's evaluated
+   return ("medium"), `--store-steps` steps each (D4RL: 1M; the CPU budget here is stated in the JSON);
 4. Diffusion Policy (`policy=mlp-locomotion`, DPPO's setting) trained on the medium store for
-   `--dp-steps` steps at peak learning rate `--dp-lr` (a run made with another recipe is renamed aside) and evaluated on `--eval-episodes` seeds from 100000, against the store's own mean
-   episode return: with its own (ancestral DDPM) sampler and with DPPO's deterministic evaluation
+   `--dp-steps` steps at peak learning rate `--dp-lr` (a run made with another recipe is renamed
+   aside) and evaluated on `--eval-episodes` seeds from 100000, against the store's own mean episode
+   return: with its own (ancestral DDPM) sampler and with DPPO's deterministic evaluation
    (`sampler=ddpm sampler.deterministic=true`, each reverse step's posterior mean).
 
 A store collected by another checkpoint than the one chosen now (a retrained expert) is renamed aside,
