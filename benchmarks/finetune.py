@@ -3,8 +3,10 @@
 For each task, every step is a `dpstack` command (echoed, logged, recorded in the JSON with its
 resumes) and is skipped when its output is complete:
 
-1. pretrained: the Diffusion Policy on the task's medium store that `python -m benchmarks.rl` made
-   (runs/dp-<task>-medium, runs/<task>-medium.zarr);
+1. pretrained: for locomotion, the Diffusion Policy on the task's medium store that
+   `python -m benchmarks.rl` made (runs/dp-<task>-medium, runs/<task>-medium.zarr); for Push-T, a
+   deliberately weak one made here (`WEAK_PUSHT`: a narrow U-Net, 20 DDPM levels, a short pretraining on
+   the scripted expert's 200 demonstrations, runs/pusht200.zarr, collected if missing);
 2. DPPO: `dpstack finetune` from it for `--steps` env steps (resumed if the run exists);
 3. the baseline: a Gaussian MLP behaviour-cloned on the same store (`dpstack train policy=gaussian`),
    then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`);
@@ -36,6 +38,10 @@ from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
 PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
+# The weak Push-T starting point: a U-Net a quarter as wide as the `small` preset (1.1 M parameters, so the
+# update through the fine-tuned steps is affordable on 2 cores) with DPPO's 20 DDPM levels, trained briefly.
+WEAK_PUSHT = ["policy=unet", "+policy.denoiser_kwargs.down_dims=[32,64,128]", "policy.num_train_timesteps=20"]
+WEAK_PUSHT_STEPS = 1000
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
@@ -87,13 +93,33 @@ def plot(task: str, dppo: list[dict], ppo: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[Path, Path]:
+    """The Diffusion Policy to fine-tune and the store it learned from (made here for Push-T)."""
+    if name != "pusht":
+        pretrained, store = runs / f"dp-{name}-medium", runs / f"{name}-medium.zarr"
+        if not (pretrained / "checkpoints" / "latest").exists() or not store.exists():
+            raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
+        return pretrained, store
+    pretrained, store = runs / "dp-pusht-weak", runs / "pusht200.zarr"
+    _run([DPSTACK, "collect", "task=pusht", "episodes=200", f"out={store}", "workers=2"],
+         store, store.exists(), log, commands)  # fmt: skip
+    _run([DPSTACK, "train", "task=pusht", *WEAK_PUSHT, f"dataset={store}", f"out={pretrained}",
+          f"steps={WEAK_PUSHT_STEPS}", "threads=1", "eval_episodes=0", "progress=false"],
+         pretrained, _state(pretrained).get("step", 0) >= WEAK_PUSHT_STEPS, log, commands)  # fmt: skip
+    return pretrained, store
+
+
+def _success(record: dict) -> tuple[float, float]:
+    """Success rate and its standard error (binomial)."""
+    rate, n = float(record["success_rate"]), len(record["per_episode"])
+    return rate, float(np.sqrt(rate * (1 - rate) / n)) if n else 0.0
+
+
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     runs = args.runs
     log, commands = runs / f"finetune-{name}.log", []
     row: dict[str, Any] = {"task": name, "commands": commands, "budget_env_steps": args.steps}
-    pretrained, store = runs / f"dp-{name}-medium", runs / f"{name}-medium.zarr"
-    if not (pretrained / "checkpoints" / "latest").exists() or not store.exists():
-        raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
+    pretrained, store = _pretrained(name, runs, log, commands)
     # 2. DPPO
     dppo = runs / f"dppo-{name}"
     _run([DPSTACK, "finetune", f"checkpoint={pretrained}", f"task={name}", f"out={dppo}", f"total_steps={args.steps}",
@@ -108,16 +134,21 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
          ppo, _state(ppo).get("env_steps", 0) >= args.steps - 8 * 256, log, commands)  # fmt: skip
     # 4. the four policies on the same evaluation seeds
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo), ("bc", bc), ("ppo_bc", ppo)):
-        out = runs / (f"dp-{name}-medium-eval" if key == "pretrained" else f"{checkpoint.name}-eval")
+        out = runs / f"{checkpoint.name}-eval"
         record = _eval(checkpoint, out, args.eval_episodes, log, commands)
         row[f"{key}_return"], row[f"{key}_return_se"] = _spread(record)
+        if name == "pusht":
+            row[f"{key}_success"], row[f"{key}_success_se"] = _success(record)
+            row[f"{key}_score"] = float(record["mean_score"])
     row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"]
     row["run_logs"] = {run.name: _run_log(run) for run in (dppo, bc, ppo)}
     # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
-        out = runs / (f"dp-{name}-medium-eval-mean" if key == "pretrained" else f"{checkpoint.name}-eval-mean")
+        out = runs / f"{checkpoint.name}-eval-mean"
         record = _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN)
         row[f"{key}_mean_return"], row[f"{key}_mean_return_se"] = _spread(record)
+        if name == "pusht":
+            row[f"{key}_mean_success"], row[f"{key}_mean_success_se"] = _success(record)
     row["dppo_mean_over_pretrained_mean"] = row["dppo_mean_return"] / row["pretrained_mean_return"]
     row["published_dppo"] = PUBLISHED.get(name)
     # 5. curves and time
@@ -168,6 +199,11 @@ def main() -> None:
         ("Gaussian BC", "bc_return"),
         ("Gaussian BC + PPO", "ppo_bc_return"),
         ("+- ", "ppo_bc_return_se"),
+        ("success: pretrained", "pretrained_success"),
+        ("DPPO", "dppo_success"),
+        ("pretrained, DDPM mean", "pretrained_mean_success"),
+        ("DPPO, DDPM mean", "dppo_mean_success"),
+        ("Gaussian BC + PPO", "ppo_bc_success"),
         ("s / iteration", "dppo_iteration_s"),
         ("inference s", "dppo_inference_s"),
         ("simulation s", "dppo_simulation_s"),
@@ -178,7 +214,8 @@ def main() -> None:
         "command": "python -m benchmarks.finetune "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "cpu": platform.processor() or platform.machine(),
-        "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands",
+        "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands."
+        " Success (Push-T): the rate over the same seeds; Push-T's returns sum the reward each run trained on.",
     }
     write_results(args.out, "finetune", rows, columns, meta)
 

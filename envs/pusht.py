@@ -7,6 +7,13 @@ angle wrap of the 5-d state), or ``image`` (96x96x3) plus ``agent_pos`` with ``i
 Success: coverage of the goal > 0.95 (the episode then ends). Score: the episode's max of
 clip(coverage / 0.95, 0, 1), which is the number Diffusion Policy reports as Push-T "coverage";
 ``info["max_coverage"]`` keeps the raw fraction. Evaluation seeds start at 100000, as in Diffusion Policy.
+
+Reward (``reward=``, what RL maximizes; success and score do not depend on it):
+
+- ``coverage`` (gym-pusht's): clip(coverage / 0.95, 0, 1) every step. Since success ends the episode,
+  an agent that hovers just below the threshold collects more of it than one that finishes.
+- ``progress``: the change of that clipped coverage over the step, plus 1 on the step that succeeds. An
+  episode's sum is final minus initial coverage plus 1 on success, so finishing is what pays.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from dpstack.envs.base import TaskEnv
+from dpstack.errors import ConfigError
 from dpstack.features import Feature
 from dpstack.tasks import TaskSpec
 
@@ -23,9 +31,14 @@ EVAL_SEED = 100_000
 SUCCESS_COVERAGE = 0.95
 
 
+REWARDS = ("coverage", "progress")
+
+
 class PushTEnv(TaskEnv):
     @classmethod
-    def spec(cls, image: bool = False, max_steps: int = 300, render_size: int = 256) -> TaskSpec:
+    def spec(
+        cls, image: bool = False, max_steps: int = 300, render_size: int = 256, reward: str = "coverage"
+    ) -> TaskSpec:
         features = (
             {"image": Feature((96, 96, 3), "uint8", "image"), "agent_pos": Feature((2,))}
             if image
@@ -33,10 +46,14 @@ class PushTEnv(TaskEnv):
         )
         return TaskSpec("pusht", features, Feature((2,)), (0.0, 0.0), (512.0, 512.0), 10.0, max_steps)
 
-    def __init__(self, image: bool = False, max_steps: int = 300, render_size: int = 256) -> None:
+    def __init__(
+        self, image: bool = False, max_steps: int = 300, render_size: int = 256, reward: str = "coverage"
+    ) -> None:
         from gym_pusht.envs.pusht import PushTEnv as GymPushT  # the simulator loads only when built
 
-        self.image = image
+        if reward not in REWARDS:
+            raise ConfigError(f"task pusht: env.reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+        self.image, self.reward = image, reward
         self._env = GymPushT(
             obs_type="pixels_agent_pos" if image else "environment_state_agent_pos",
             render_mode="rgb_array",
@@ -57,10 +74,15 @@ class PushTEnv(TaskEnv):
     def _reset(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raw, _ = self._env.reset(seed=seed)
         self._max_coverage = 0.0
+        self._potential = self._clipped_coverage()
         return self._convert(raw), {"score": 0.0, "max_coverage": 0.0}
 
     def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, dict[str, Any]]:
         raw, reward, terminated, _, info = self._env.step(action)
+        if self.reward == "progress":
+            potential = float(reward)  # gym-pusht's reward is the clipped coverage
+            reward = potential - self._potential + float(info["is_success"])
+            self._potential = potential
         self._max_coverage = max(self._max_coverage, float(info["coverage"]))
         score = min(self._max_coverage / SUCCESS_COVERAGE, 1.0)
         return (
@@ -74,6 +96,10 @@ class PushTEnv(TaskEnv):
                 "score": score,
             },
         )
+
+    def _clipped_coverage(self) -> float:
+        """clip(coverage / 0.95, 0, 1) of the current state, as gym-pusht's reward computes it."""
+        return float(np.clip(self._env._get_coverage() / self._env.success_threshold, 0.0, 1.0))
 
     def render(self) -> np.ndarray:
         return self._env.render()

@@ -56,17 +56,25 @@ class ObservationHistory:
         if not self._buffers:  # an episode's first observation fills the whole history (as Diffusion Policy does)
             self._buffers = {k: np.repeat(np.asarray(v)[:, None], self.n_obs_steps, axis=1) for k, v in obs.items()}
             return
-        if set(obs) != set(self._buffers) or any(self._buffers[k].shape[2:] != np.shape(v)[1:] or
-                                                 self._buffers[k].shape[0] != np.shape(v)[0] for k, v in obs.items()):  # fmt: skip
-            raise ValueError(
-                f"observation keys or shapes changed within an episode: got "
-                f"{ {k: np.shape(v) for k, v in obs.items()} }, the history holds "
-                f"{ {k: (b.shape[0], *b.shape[2:]) for k, b in self._buffers.items()} } (call clear() between episodes)"
-            )
+        # checked before anything is copied (a bad observation leaves the history as it was); plain loops,
+        # as this runs once per env step
+        if len(obs) != len(self._buffers):
+            self._changed(obs)
+        for key, value in obs.items():
+            buffer, shape = self._buffers.get(key), np.shape(value)
+            if buffer is None or buffer.shape[0] != shape[0] or buffer.shape[2:] != shape[1:]:
+                self._changed(obs)
         for key, value in obs.items():
             buffer = self._buffers[key]
             buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
             buffer[:, -1] = value
+
+    def _changed(self, obs: Mapping[str, np.ndarray]) -> None:
+        raise ValueError(
+            f"observation keys or shapes changed within an episode: got "
+            f"{ {k: np.shape(v) for k, v in obs.items()} }, the history holds "
+            f"{ {k: (b.shape[0], *b.shape[2:]) for k, b in self._buffers.items()} } (call clear() between episodes)"
+        )
 
     def buffers(self) -> dict[str, np.ndarray]:
         """{key: (B, n_obs_steps, ...)} without copying: valid until the next `observe`."""

@@ -295,3 +295,15 @@ def test_a_unet_policy_fine_tunes_over_spaced_ddpm_steps(trained: Path, tmp_path
     assert any(moved)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == [1, 2] and "eval_return" in history[-1]
+
+
+def test_push_t_gets_dppo_robomimic_settings_and_the_progress_reward() -> None:
+    """configs/dppo/pusht.yaml applies under `task=pusht` (key=value still wins); locomotion keeps the Gym defaults."""
+    from dpstack.config import load_config
+
+    pusht = load_config("finetune", DPPOConfig, ["task=pusht", "checkpoint=c", "out=o"])
+    hopper = load_config("finetune", DPPOConfig, ["task=hopper", "checkpoint=c", "out=o"])
+    assert (pusht.gamma, pusht.clip_base, pusht.epochs, pusht.task.env["reward"]) == (0.999, 0.001, 10, "progress")
+    assert (hopper.gamma, hopper.clip_base, hopper.epochs) == (0.99, 0.01, 5)
+    chosen = load_config("finetune", DPPOConfig, ["task=pusht", "checkpoint=c", "out=o", "task.env.reward=coverage"])
+    assert chosen.task.env["reward"] == "coverage"

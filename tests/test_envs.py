@@ -89,6 +89,29 @@ def test_pusht_expert_succeeds() -> None:
         assert result["success"] and result["score"] == 1.0, f"seed {seed}: {result}"
 
 
+def test_pusht_progress_reward_sums_to_the_coverage_gained_plus_one_on_success() -> None:
+    """Same actions on both rewards: `coverage` pays gym-pusht's clipped coverage per step, `progress` its change."""
+    seed, rewards, infos = 100000, {}, {}
+    for kind in ("coverage", "progress"):
+        env = make_env(TaskConfig(name="pusht", env={"reward": kind}))
+        expert = make_expert("pusht", np.random.default_rng(seed))
+        env.reset(seed=seed)
+        expert.reset(env)
+        start = env._clipped_coverage()
+        rewards[kind], done = [], False
+        while not done:
+            _obs, reward, terminated, truncated, info = env.step(expert.act(env))
+            rewards[kind].append(reward)
+            done = terminated or truncated
+        infos[kind] = info
+    assert infos["progress"]["is_success"] and len(rewards["progress"]) == len(rewards["coverage"])
+    gained = np.diff([start, *rewards["coverage"]])  # per step, from the same actions
+    np.testing.assert_allclose(rewards["progress"], gained + np.eye(len(gained))[-1], atol=1e-9)
+    assert sum(rewards["progress"]) == pytest.approx(rewards["coverage"][-1] - start + 1.0)
+    with pytest.raises(ConfigError, match=r"env\.reward must be one of coverage, progress, got 'dense'"):
+        make_env(TaskConfig(name="pusht", env={"reward": "dense"}))
+
+
 def test_expert_noise_changes_actions_but_not_the_clean_expert() -> None:
     env = make_env("pointmaze-umaze")
     actions = {}

@@ -8,7 +8,7 @@ import torch
 
 from dpstack.features import Feature
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
-from dpstack.policy.execution import RecedingHorizon, resolve_latency_steps
+from dpstack.policy.execution import ObservationHistory, RecedingHorizon, resolve_latency_steps
 from dpstack.policy.normalizer import Normalizer
 
 
@@ -33,6 +33,24 @@ def test_queue_and_history() -> None:
     runner.reset()
     runner.select_action({"x": np.full((1, 1), 9.0)})
     np.testing.assert_array_equal(seen[-1]["x"][0, :, 0], [9, 9])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"x": np.zeros((1, 3))},  # shape changed
+        {"x": np.zeros((2, 2))},  # batch changed
+        {"y": np.zeros((1, 2))},  # key renamed
+        {"x": np.zeros((1, 2)), "y": np.zeros((1, 2))},  # key added
+    ],
+)
+def test_history_refuses_changed_keys_or_shapes_and_keeps_what_it_held(bad: dict) -> None:
+    history = ObservationHistory(2)
+    history.observe({"x": np.array([[1.0, 2.0]])})
+    history.observe({"x": np.array([[3.0, 4.0]])})
+    with pytest.raises(ValueError, match="observation keys or shapes changed within an episode"):
+        history.observe(bad)
+    np.testing.assert_array_equal(history.stacked()["x"], [[[1.0, 2.0], [3.0, 4.0]]])
 
 
 def test_policy_select_action_uses_the_shared_runner() -> None:

@@ -176,6 +176,8 @@ def test_a_tasks_own_ppo_settings_apply_under_the_command_line() -> None:
     assert (hopper.activation, hopper.ticks, hopper.lr) == ("tanh", 256, 3e-4)  # no configs/ppo/hopper.yaml
     assert (cheetah.activation, cheetah.ticks, cheetah.init_log_std, cheetah.hidden) == ("relu", 64, -2.0, [256, 256])
     assert load_config("rl_train", PPOConfig, ["task=halfcheetah", "out=x", "lr=1e-3"]).lr == 1e-3  # key=value wins
+    pusht = load_config("rl_train", PPOConfig, ["task=pusht", "out=x"])  # the reward DPPO's Push-T runs use
+    assert (pusht.gamma, pusht.task.env["reward"]) == (0.999, "progress")
 
 
 def test_gaussian_policy_activation_is_an_option_and_checked() -> None:
