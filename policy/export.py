@@ -16,6 +16,10 @@ policy of PPO); condition.onnx and denoiser.onnx exist for diffusion policies on
 
 Noise is an input of every tick graph, so a run can be replayed exactly; the batch axis is dynamic.
 `policy/runtime.py` runs the export with numpy + onnxruntime only.
+
+`quantize_export` turns an export's tick graphs to int8 weights (ONNX Runtime's dynamic quantization of
+MatMul/Gemm weights: 4x smaller weights, activations quantized per call) and keeps them only if they
+still agree with PyTorch within a stated bound.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import hashlib
 import io
 import json
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -34,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpstack.errors import ConfigError
 from dpstack.policy.diffusion_policy import DiffusionPolicy
 from dpstack.policy.samplers import Sampler, max_calls_per_tick
 from dpstack.version import __version__
@@ -310,4 +316,51 @@ def parity_check(
         diff = np.abs(exported - reference.numpy())
         worst["raw"] = max(worst["raw"], float(diff.max()))
         worst["normalized"] = max(worst["normalized"], float((diff * np.abs(scale)).max()))
+    return worst
+
+
+QUANTIZED_OPS = ("MatMul", "Gemm")  # int8 Conv weights ran slower here (ConvInteger): benchmarks/floor.py
+
+
+def quantize_export(
+    policy: DiffusionPolicy, sampler: Sampler, model_dir: str | Path, bound: float, ticks: int = 8
+) -> dict[str, float]:
+    """Replace the export's tick graphs by int8-weight versions if parity holds (denoiser.onnx stays fp32).
+
+    The quantized graphs are written beside the export and checked against PyTorch (`parity_check`,
+    normalized action units); above `bound` they are deleted and a ConfigError names the bound and the
+    measured difference, leaving the fp32 export as it was. Returns the parity of the kept graphs.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(model_dir)
+    staging = out / ".int8"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(out, staging, ignore=shutil.ignore_patterns(".*"))
+    meta = json.loads((out / "policy.json").read_text())
+    files = [meta["graphs"][key]["file"] for key in ("tick", "start") if key in meta["graphs"]]  # what parity checks
+    for file in files:
+        quantize_dynamic(out / file, staging / file, op_types_to_quantize=list(QUANTIZED_OPS),
+                         weight_type=QuantType.QInt8)  # fmt: skip
+    worst = parity_check(policy, sampler, staging, ticks=ticks)
+    if not worst["normalized"] <= bound:  # NaN refuses too
+        shutil.rmtree(staging)
+        raise ConfigError(
+            f"quantize=int8: the int8 export differs from PyTorch by {worst['normalized']:.2e} (normalized action "
+            f"units) over {ticks} ticks, above quantize_bound={bound:g}; refused ({out} keeps the fp32 export). "
+            "Raise quantize_bound if that error is acceptable for your robot, or export fp32"
+        )
+    meta["quantization"] = {
+        "weights": "int8",
+        "method": "onnxruntime dynamic quantization (weights int8 per tensor, activations per call)",
+        "ops": list(QUANTIZED_OPS),
+        "graphs": files,
+        "parity_bound": bound,
+        "parity_normalized": worst["normalized"],
+        "parity_raw": worst["raw"],
+    }
+    for file in files:
+        (staging / file).replace(out / file)
+    (out / "policy.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(staging)
     return worst

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpstack.errors import ModelError
+from dpstack.errors import ConfigError, ModelError
 from dpstack.methods import load_policy
-from dpstack.policy.export import parity_check
+from dpstack.policy.export import export_policy, parity_check, quantize_export
 from dpstack.policy.runtime import OnnxPolicy
 from tests.conftest import EXPORT_SAMPLERS as SAMPLERS
 from tests.conftest import MAZE
@@ -30,6 +30,42 @@ def test_export_matches_pytorch_over_an_episode_of_ticks(name: str, trained: Pat
     assert meta["n_obs_steps"] == 2 and len(meta["weights_sha256"]) == 64 and meta["opset"] >= 17
     assert bool(meta["state"]) == sampler.stateful
     assert (exports[name] / "denoiser.onnx").is_file() and (exports[name] / "condition.onnx").is_file()
+
+
+def test_int8_export_is_kept_within_its_bound_and_refused_above_it(trained: Path, tmp_path: Path) -> None:
+    import onnx
+
+    policy = load_policy(trained)
+    sampler = policy.make_sampler(SAMPLERS["streaming"])  # stateful: both tick graphs are quantized
+    out = tmp_path / "int8"
+    export_policy(policy, sampler, out, [-1, -1], [1, 1], 100.0, {"name": MAZE.name})
+    fp32 = {f: (out / f).read_bytes() for f in ("policy.onnx", "policy_start.onnx", "denoiser.onnx")}
+    with pytest.raises(ConfigError, match=r"differs from PyTorch by \S+ .* above quantize_bound=1e-12; refused"):
+        quantize_export(policy, sampler, out, bound=1e-12)
+    assert {f: (out / f).read_bytes() for f in fp32} == fp32  # the fp32 export is left as it was
+    assert not (out / ".int8").exists() and "quantization" not in json.loads((out / "policy.json").read_text())
+
+    worst = quantize_export(policy, sampler, out, bound=0.05)
+    meta = json.loads((out / "policy.json").read_text())
+    assert meta["quantization"]["graphs"] == ["policy.onnx", "policy_start.onnx"]
+    assert 0 < worst["normalized"] == meta["quantization"]["parity_normalized"] <= 0.05
+    ops = {node.op_type for node in onnx.load(out / "policy.onnx").graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops, sorted(ops)
+    assert (out / "denoiser.onnx").read_bytes() == fp32["denoiser.onnx"]  # not covered by the parity check: fp32
+    assert parity_check(policy, sampler, out)["normalized"] == pytest.approx(worst["normalized"])
+    runtime = OnnxPolicy(out, seed=0)  # the runtime runs it like any export
+    action = runtime.act({"state": np.zeros(4, np.float32), "goal": np.ones(2, np.float32)})
+    assert action.shape == (2,) and np.isfinite(action).all()
+
+
+def test_export_command_refuses_unknown_quantization_and_unchecked_int8(trained: Path, tmp_path: Path) -> None:
+    from dpstack.commands.export import Config, run
+
+    with pytest.raises(ConfigError, match="quantize must be int8 or null, got 'fp8'"):
+        run(Config(checkpoint=str(trained), out=str(tmp_path / "a"), quantize="fp8"))
+    with pytest.raises(ConfigError, match="set check_ticks >= 1"):
+        run(Config(checkpoint=str(trained), out=str(tmp_path / "b"), quantize="int8", check_ticks=0))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_runtime_acts_without_torch(exports: dict[str, Path]) -> None:

@@ -5,6 +5,8 @@ actions + new state out), <out>/policy_start.onnx (an episode's first tick, for 
 condition.onnx + denoiser.onnx (one denoiser call, for custom loops) and <out>/policy.json (keys,
 shapes, dtypes, action limits, control rate, timing, sampler, state shapes, opset, weights hash,
 dpstack version). Checks the export against PyTorch on random observations before it returns.
+`quantize=int8` then swaps the tick graphs for int8-weight ones if they stay within `quantize_bound`
+of PyTorch (refused otherwise, naming the bound and the measured difference).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ class Config:
     one_call_per_tick: bool = field(
         default=False, metadata={"help": "refuse a sampler that makes more than one denoiser call in any tick"}
     )
+    quantize: str | None = field(
+        default=None,
+        metadata={"help": "int8: int8 MatMul/Gemm weights in the tick graphs, kept only within quantize_bound"},
+    )
+    quantize_bound: float = field(
+        default=2e-3,
+        metadata={"help": "largest |int8 - PyTorch| action difference accepted (normalized units, [-1, 1])"},
+    )
 
 
 def run(cfg: Config) -> int:
@@ -39,12 +49,16 @@ def run(cfg: Config) -> int:
     from dpstack.commands import load_policy_and_sampler
     from dpstack.envs.registry import task_spec
     from dpstack.errors import ConfigError
-    from dpstack.policy.export import export_policy, parity_check
+    from dpstack.policy.export import export_policy, parity_check, quantize_export
     from dpstack.policy.samplers import ONE_CALL_LAYOUTS, max_calls_per_tick
 
     policy, task, sampler = load_policy_and_sampler(
         cfg.checkpoint, cfg.sampler, methods=("diffusion_policy", "gaussian")
     )
+    if cfg.quantize not in (None, "int8"):
+        raise ConfigError(f"quantize must be int8 or null, got {cfg.quantize!r}")
+    if cfg.quantize and cfg.check_ticks < 1:
+        raise ConfigError("quantize=int8 keeps the int8 graphs only after a parity check: set check_ticks >= 1")
     calls = max_calls_per_tick(sampler)
     if cfg.one_call_per_tick and calls > 1:
         layouts = "".join(f"\n  - {layout}" for layout in ONE_CALL_LAYOUTS)
@@ -73,5 +87,10 @@ def run(cfg: Config) -> int:
         print(
             f"parity over {cfg.check_ticks} ticks vs PyTorch: max abs diff {worst['raw']:.2e} (raw action units), "
             f"{worst['normalized']:.2e} (normalized)"
+        )
+    if cfg.quantize:
+        worst = quantize_export(policy, sampler, cfg.out, cfg.quantize_bound, ticks=cfg.check_ticks)
+        print(
+            f"int8 weights kept: parity {worst['normalized']:.2e} (normalized) <= quantize_bound {cfg.quantize_bound:g}"
         )
     return 0
