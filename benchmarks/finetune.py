@@ -112,10 +112,15 @@ def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[
     return pretrained, store
 
 
-def _success(record: dict) -> tuple[float, float]:
-    """Success rate and its standard error (binomial)."""
-    rate, n = float(record["success_rate"]), len(record["per_episode"])
-    return rate, float(np.sqrt(rate * (1 - rate) / n)) if n else 0.0
+def _record(row: dict[str, Any], prefix: str, record: dict, success: bool) -> None:
+    """An evaluation's return (mean, standard error) into `row`, and for success tasks its success rate
+    (binomial standard error) and score."""
+    row[f"{prefix}_return"], row[f"{prefix}_return_se"] = _spread(record)
+    if success:
+        rate, n = float(record["success_rate"]), len(record["per_episode"])
+        row[f"{prefix}_success"] = rate
+        row[f"{prefix}_success_se"] = float(np.sqrt(rate * (1 - rate) / n)) if n else 0.0
+        row[f"{prefix}_score"] = float(record["mean_score"])
 
 
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -123,6 +128,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     log, commands = runs / f"finetune-{name}.log", []
     row: dict[str, Any] = {"task": name, "commands": commands, "budget_env_steps": args.steps}
     pretrained, store = _pretrained(name, runs, log, commands)
+    success = name not in PUBLISHED  # manipulation: success and score beside the return
     # 2. DPPO
     dppo = runs / f"dppo-{name}"
     _run([DPSTACK, "finetune", f"checkpoint={pretrained}", f"task={name}", f"out={dppo}", f"total_steps={args.steps}",
@@ -138,20 +144,13 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     # 4. the four policies on the same evaluation seeds
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo), ("bc", bc), ("ppo_bc", ppo)):
         out = runs / f"{checkpoint.name}-eval"
-        record = _eval(checkpoint, out, args.eval_episodes, log, commands)
-        row[f"{key}_return"], row[f"{key}_return_se"] = _spread(record)
-        if name == "pusht":
-            row[f"{key}_success"], row[f"{key}_success_se"] = _success(record)
-            row[f"{key}_score"] = float(record["mean_score"])
+        _record(row, key, _eval(checkpoint, out, args.eval_episodes, log, commands), success)
     row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"]
     row["run_logs"] = {run.name: _run_log(run) for run in (dppo, bc, ppo)}
     # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
         out = runs / f"{checkpoint.name}-eval-mean"
-        record = _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN)
-        row[f"{key}_mean_return"], row[f"{key}_mean_return_se"] = _spread(record)
-        if name == "pusht":
-            row[f"{key}_mean_success"], row[f"{key}_mean_success_se"] = _success(record)
+        _record(row, f"{key}_mean", _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN), success)
     row["dppo_mean_over_pretrained_mean"] = row["dppo_mean_return"] / row["pretrained_mean_return"]
     row["published_dppo"] = PUBLISHED.get(name)
     # 5. curves and time

@@ -74,7 +74,7 @@ class PushTEnv(TaskEnv):
     def _reset(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         raw, _ = self._env.reset(seed=seed)
         self._max_coverage = 0.0
-        self._potential = self._clipped_coverage()
+        self._potential = self._clipped_coverage() if self.reward == "progress" else 0.0
         return self._convert(raw), {"score": 0.0, "max_coverage": 0.0}
 
     def _step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, dict[str, Any]]:

@@ -52,13 +52,13 @@ def run(cfg: Config) -> int:
     from dpstack.policy.export import export_policy, parity_check, quantize_export
     from dpstack.policy.samplers import ONE_CALL_LAYOUTS, max_calls_per_tick
 
-    policy, task, sampler = load_policy_and_sampler(
-        cfg.checkpoint, cfg.sampler, methods=("diffusion_policy", "gaussian")
-    )
     if cfg.quantize not in (None, "int8"):
         raise ConfigError(f"quantize must be int8 or null, got {cfg.quantize!r}")
     if cfg.quantize and cfg.check_ticks < 1:
         raise ConfigError("quantize=int8 keeps the int8 graphs only after a parity check: set check_ticks >= 1")
+    policy, task, sampler = load_policy_and_sampler(
+        cfg.checkpoint, cfg.sampler, methods=("diffusion_policy", "gaussian")
+    )
     calls = max_calls_per_tick(sampler)
     if cfg.one_call_per_tick and calls > 1:
         layouts = "".join(f"\n  - {layout}" for layout in ONE_CALL_LAYOUTS)
