@@ -46,6 +46,10 @@ from dpstack.policy.execution import ObservationHistory
 from dpstack.tasks import TaskConfig
 
 EXTRA_INFO_KEYS = ("max_coverage", "return")  # task-specific per-episode extras kept beside success and score
+# The tick's packed record travels as one more observation key (shared memory between async workers), not
+# in info: a vector env pickles each env's info through a pipe and merges it key by key, every step, which
+# cost more than the Hopper simulator's own step. Info carries only the rare end-of-episode fields.
+TICK_KEY = "_tick"
 
 
 class RolloutError(UserError, RuntimeError):
@@ -70,12 +74,12 @@ class ChunkEnv(gym.Wrapper):
 
     Observations are histories {key: (n_obs_steps, *shape)} (the first observation repeated at an
     episode's start). `step(chunk (latency_steps + actions_per_tick, Da))` executes up to
-    `actions_per_tick` (A) actions (fewer when the episode ends) and returns the chunk's summed reward;
-    info["tick"] packs [executed, offset (the chunk index of the first action run), terminated,
-    truncated, rewards (A, 0 after the end), select_ms (A, host time picking each action)] (see
-    `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it returns to a
-    vector env stay false), and, when an episode ended, ``episode_*`` (seed, return,
-    length, success, score and the task's extras) and ``final_<key>`` (the last history).
+    `actions_per_tick` (A) actions (fewer when the episode ends) and returns the chunk's summed reward.
+    The observation's `TICK_KEY` entry packs [executed, offset (the chunk index of the first action
+    run), terminated, truncated, rewards (A, 0 after the end), select_ms (A, host time picking each
+    action)] (see `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it
+    returns to a vector env stay false). Info is empty except when an episode ended: ``episode_*``
+    (seed, return, length, success, score and the task's extras) and ``final_<key>`` (the last history).
     """
 
     def __init__(
@@ -93,8 +97,11 @@ class ChunkEnv(gym.Wrapper):
         self.video_path: str | None = None  # set per episode (set_attr) to record it
         self.history = ObservationHistory(n_obs_steps)
         spaces = env.observation_space.spaces  # type: ignore[attr-defined]
+        if TICK_KEY in spaces:
+            raise ValueError(f"a task's observation key may not be {TICK_KEY!r}: the rollout harness uses it")
         self.observation_space = gym.spaces.Dict(
             {k: gym.spaces.Box(s.low.min(), s.high.max(), (n_obs_steps, *s.shape), s.dtype) for k, s in spaces.items()}
+            | {TICK_KEY: gym.spaces.Box(-np.inf, np.inf, (4 + 2 * actions_per_tick,), np.float32)}
         )
         act = env.action_space
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (latency_steps + actions_per_tick, *act.shape), np.float32)
@@ -124,14 +131,15 @@ class ChunkEnv(gym.Wrapper):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
-        return self._start(seed)
+        histories, info = self._start(seed)
+        return {**histories, TICK_KEY: np.zeros(4 + 2 * self.actions_per_tick, np.float32)}, info
 
     def step(self, chunk: np.ndarray):  # type: ignore[override]
         # One packed array per tick: a vector env merges every info key of every env, one by one.
         tick = np.zeros(4 + 2 * self.actions_per_tick, np.float32)
         rewards, select_ms = tick[4 : 4 + self.actions_per_tick], tick[4 + self.actions_per_tick :]
         if self._idle:  # waves: this env's episode is over; it waits for the next wave
-            return self._last, 0.0, False, False, {"tick": tick}
+            return {**self._last, TICK_KEY: tick}, 0.0, False, False, {}
         offset = 0 if self._first else self.latency_steps
         decision, terminated, truncated, executed, info, total = None, False, False, 0, {}, 0.0
         for i in range(self.actions_per_tick):
@@ -157,7 +165,7 @@ class ChunkEnv(gym.Wrapper):
                 break
         self._first = False
         tick[:4] = executed, offset, terminated, truncated
-        out: dict[str, Any] = {"tick": tick}
+        out: dict[str, Any] = {}
         if not (terminated or truncated):
             self._last = decision if decision is not None else self._stacked()
         else:
@@ -167,7 +175,7 @@ class ChunkEnv(gym.Wrapper):
             else:
                 self._last, self._idle = self._stacked(), True
         # the episode's end travels in info: this env resets itself, so the vector env must never do it
-        return self._last, float(total), False, False, out
+        return {**self._last, TICK_KEY: tick}, float(total), False, False, out
 
     def _episode_end(self, info: dict[str, Any]) -> dict[str, Any]:
         out = {f"final_{k}": v for k, v in self._stacked().items()}
@@ -313,7 +321,8 @@ class Rollouts:
             )
         try:
             obs, _, _, _, infos = envs.step(np.ascontiguousarray(chunk[:, :width], dtype=np.float32))
-            return obs, {**infos, **unpack_tick(infos["tick"], self.spec.actions_per_tick)}
+            tick = obs[TICK_KEY].copy()  # the vector env's buffer changes with the next step
+            return _histories(obs), {**infos, **unpack_tick(tick, self.spec.actions_per_tick)}
         except RolloutError:
             self._abandon()
             raise
@@ -351,7 +360,7 @@ class Rollouts:
                 "video_path",
                 [str(video_dir / f"episode_{wave_start + i:03d}") if record[i] else None for i in range(n)],
             )
-            obs, _ = envs.reset(seed=seeds)
+            obs = _histories(envs.reset(seed=seeds)[0])
             if hasattr(source, "reset"):
                 source.reset()
             final: list[dict[str, Any] | None] = [None] * n
@@ -387,7 +396,7 @@ class Rollouts:
         n = self.spec.num_envs
         if self._next_obs is None:
             self._seeds = [seed + j for j in range(n)]  # each env's current episode, for error messages
-            self._next_obs, _ = envs.reset(seed=self._seeds)
+            self._next_obs = _histories(envs.reset(seed=self._seeds)[0])
         a, rows = self.spec.actions_per_tick, np.arange(n)[:, None]
         obs_ticks: list[dict[str, np.ndarray]] = []
         actions, rewards, terminated, truncated, executed = [], [], [], [], 0
@@ -435,7 +444,7 @@ class Rollouts:
 
 
 def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray]:
-    """The per-env fields of `ChunkEnv`'s packed info["tick"] (N, 4 + 2A)."""
+    """The per-env fields of `ChunkEnv`'s packed tick record obs[TICK_KEY] (N, 4 + 2A)."""
     a = actions_per_tick
     return {
         "executed": tick[:, 0].astype(np.int64),
@@ -445,6 +454,11 @@ def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray
         "rewards": tick[:, 4 : 4 + a],
         "select_ms": tick[:, 4 + a :],
     }
+
+
+def _histories(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A vector env's observation without the tick record: what the policy sees."""
+    return {k: v for k, v in obs.items() if k != TICK_KEY}
 
 
 def _actions(out: Any) -> Any:

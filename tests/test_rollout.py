@@ -14,7 +14,7 @@ import torch
 from dpstack.envs.registry import make_env
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
-from dpstack.policy.rollout import ChunkEnv, RolloutError, Rollouts, RolloutSpec
+from dpstack.policy.rollout import TICK_KEY, ChunkEnv, RolloutError, Rollouts, RolloutSpec
 from dpstack.tasks import TaskConfig
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pusht_eval"
@@ -97,6 +97,20 @@ def test_continuous_collect_autoresets_keeps_termination_apart_and_stores_extras
     assert batch.final_obs["state"][t, i].abs().sum() > 0
     assert again.obs["state"].shape == (2, 3, 1, 11)
     assert batch.env_steps == int((batch.rewards != 0).sum())
+
+
+def test_the_tick_record_travels_with_the_observation_and_info_stays_empty_until_an_episode_ends() -> None:
+    """A vector env pickles and merges info per env and step; the harness keeps it empty on ordinary steps."""
+    env = ChunkEnv(make_env(TaskConfig(name="pointmaze-umaze", max_steps=3)), n_obs_steps=1, actions_per_tick=2)
+    obs, _ = env.reset(seed=0)
+    assert obs[TICK_KEY].shape == (4 + 2 * 2,) and env.observation_space.contains(obs)
+    obs, reward, _, _, info = env.step(np.zeros((2, 2), np.float32))
+    assert info == {}
+    executed, offset, terminated, truncated = obs[TICK_KEY][:4]
+    assert (executed, offset, terminated, truncated) == (2, 0, 0, 0)
+    assert obs[TICK_KEY][4:6].sum() == pytest.approx(reward)
+    obs, _, _, _, info = env.step(np.zeros((2, 2), np.float32))  # step 3 of 3: the episode ends after one action
+    assert tuple(obs[TICK_KEY][:4]) == (1, 0, 0, 1) and info["episode_length"] == 3
 
 
 def test_a_nan_observation_names_the_task_seed_and_key() -> None:
