@@ -81,8 +81,11 @@ def test_cli_collect_interrupt_then_resume(tmp_path: Path) -> None:
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until some episodes are committed, then interrupt (Ctrl-C)
         time.sleep(0.5)
-        if out.exists() and EpisodeStore.open(out).n_episodes >= 3:
-            break
+        try:
+            if EpisodeStore.open(out).n_episodes >= 3:
+                break
+        except StoreError:  # not there yet, or caught between creating the store and writing its index
+            continue
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
