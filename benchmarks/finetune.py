@@ -4,9 +4,9 @@ For each task, every step is a `dpstack` command (echoed, logged, recorded in th
 resumes) and is skipped when its output is complete:
 
 1. pretrained: for locomotion, the Diffusion Policy on the task's medium store that
-   `python -m benchmarks.rl` made (runs/dp-<task>-medium, runs/<task>-medium.zarr); for Push-T, a
-   deliberately weak one made here (`WEAK_PUSHT`: a narrow U-Net, 20 DDPM levels, a short pretraining on
-   the scripted expert's 200 demonstrations, runs/pusht200.zarr, collected if missing);
+   `python -m benchmarks.rl` made (runs/dp-<task>-medium, runs/<task>-medium.zarr); for Push-T and Lift,
+   a deliberately weak one made here (`WEAK`: a short pretraining on the scripted expert's demonstrations,
+   runs/pusht200.zarr and runs/lift100.zarr, collected if missing);
 2. DPPO: `dpstack finetune` from it for `--steps` env steps (resumed if the run exists);
 3. the baseline: a Gaussian MLP behaviour-cloned on the same store (`dpstack train policy=gaussian`),
    then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`);
@@ -38,12 +38,23 @@ from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
 PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
-# The weak Push-T starting point: a U-Net a quarter as wide as the `small` preset (1.1 M parameters, so the
-# update through the fine-tuned steps is affordable on 2 cores) with DPPO's 20 DDPM levels, trained briefly.
-# Stopped at 7,500 of a 10,000-step cosine schedule: it pushes the T most of the way (score ~0.8 on validation
-# seeds from 200000) but almost never finishes (success 0 of 20 there), which leaves DPPO the last part to learn.
-WEAK_PUSHT = ["policy=unet", "+policy.denoiser_kwargs.down_dims=[32,64,128]", "policy.num_train_timesteps=20"]
-WEAK_PUSHT_STEPS, WEAK_PUSHT_STOP = 10_000, 7_500
+# The weak manipulation starting points, made here: {task: (demonstrations, train overrides, schedule steps,
+# stop after)}. Push-T: a U-Net a quarter as wide as the `small` preset (1.1 M parameters, so the update
+# through the fine-tuned steps is affordable on 2 cores) with DPPO's 20 DDPM levels, stopped at 7,500 of a
+# 10,000-step cosine schedule: it pushes the T most of the way (score ~0.8 on validation seeds from 200000)
+# but almost never finishes (success 0 of 20 there), which leaves DPPO the last part to learn. Lift: DPPO's own
+# robomimic actor shape (the MLP preset: 4-action chunks from 1 observation, 20 DDPM levels) stopped at 500 of a
+# 1,000-step schedule on 100 scripted demonstrations: success 0.30 with DPPO's deterministic sampling on 20
+# validation seeds from 200000 (after the full 1,000 steps: 0.75, too strong to leave room).
+WEAK = {
+    "pusht": (
+        200,
+        ["policy=unet", "+policy.denoiser_kwargs.down_dims=[32,64,128]", "policy.num_train_timesteps=20"],
+        10_000,
+        7_500,
+    ),
+    "lift": (100, ["policy=mlp-locomotion"], 1_000, 500),
+}
 
 
 def _history(run: Path) -> list[dict[str, Any]]:
@@ -96,19 +107,19 @@ def plot(task: str, dppo: list[dict], ppo: list[dict], path: Path) -> None:
 
 
 def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[Path, Path]:
-    """The Diffusion Policy to fine-tune and the store it learned from (made here for Push-T)."""
-    if name != "pusht":
+    """The Diffusion Policy to fine-tune and the store it learned from (made here for the manipulation tasks)."""
+    if name not in WEAK:
         pretrained, store = runs / f"dp-{name}-medium", runs / f"{name}-medium.zarr"
         if not (pretrained / "checkpoints" / "latest").exists() or not store.exists():
             raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
         return pretrained, store
-    pretrained, store = runs / "dp-pusht-weak", runs / "pusht200.zarr"
-    _run([DPSTACK, "collect", "task=pusht", "episodes=200", f"out={store}", "workers=2"],
+    demos, overrides, steps, stop = WEAK[name]
+    pretrained, store = runs / f"dp-{name}-weak", runs / f"{name}{demos}.zarr"
+    _run([DPSTACK, "collect", f"task={name}", f"episodes={demos}", f"out={store}", "workers=2"],
          store, store.exists(), log, commands)  # fmt: skip
-    _run([DPSTACK, "train", "task=pusht", *WEAK_PUSHT, f"dataset={store}", f"out={pretrained}",
-          f"steps={WEAK_PUSHT_STEPS}", f"stop_after={WEAK_PUSHT_STOP}", "checkpoint_every=2500", "threads=1",
-          "eval_episodes=0", "progress=false"],
-         pretrained, _state(pretrained).get("step", 0) >= WEAK_PUSHT_STOP, log, commands)  # fmt: skip
+    _run([DPSTACK, "train", f"task={name}", *overrides, f"dataset={store}", f"out={pretrained}", f"steps={steps}",
+          f"stop_after={stop}", "checkpoint_every=500", "threads=1", "eval_episodes=0", "progress=false"],
+         pretrained, _state(pretrained).get("step", 0) >= stop, log, commands)  # fmt: skip
     return pretrained, store
 
 
@@ -183,9 +194,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = [run_task(name, args) for name in args.tasks.split(",")]
     previous = args.out / "finetune.json"
-    if previous.exists():  # keep the tasks this run did not measure
-        done = {r["task"] for r in rows}
-        rows = [r for r in json.loads(previous.read_text())["rows"] if r["task"] not in done] + rows
+    if previous.exists():  # keep the tasks this run did not measure, and the commands behind resumed runs
+        before = {r["task"]: r for r in json.loads(previous.read_text())["rows"]}
+        for row in rows:  # a stage that resumed a run also stands on the earlier invocations' commands
+            old = before.get(row["task"], {})
+            row["earlier_commands"] = old.get("earlier_commands", []) + old.get("commands", [])
+        rows = [r for task, r in before.items() if task not in {r["task"] for r in rows}] + rows
     columns = [
         ("task", "task"),
         ("env steps", "dppo_env_steps"),

@@ -93,6 +93,16 @@ def old_eval_path(task: TaskConfig, n: int, mode: str, steps: int) -> float:
     return ticks * n / elapsed
 
 
+def add_paired_ratio(row: dict) -> None:
+    """The median of per-repeat harness / old ratios: each pair ran seconds apart, so the machine's drift
+    between repeats (up to 2x on these shared cores) cancels, which a ratio of medians does not do."""
+    runs = row.get("runs", {})
+    if runs.get("harness") and len(runs["harness"]) == len(runs.get("old", [])):
+        row["harness_over_old_paired"] = statistics.median(
+            h / o for h, o in zip(runs["harness"], runs["old"], strict=True)
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="pusht,hopper")
@@ -132,6 +142,8 @@ def main() -> None:
             r for r in json.loads(previous.read_text())["rows"] if (r["task"], r["num_envs"], r["mode"]) not in done
         ]
         rows = sorted(kept + rows, key=lambda r: (r["task"], r["num_envs"], r["mode"]))
+    for row in rows:
+        add_paired_ratio(row)
     columns = [
         ("task", "task"),
         ("N", "num_envs"),
@@ -141,6 +153,7 @@ def main() -> None:
         ("old eval path steps/s", "old_sps"),
         ("bare / harness", "bare_over_harness"),
         ("harness / old", "harness_over_old"),
+        ("harness / old, paired", "harness_over_old_paired"),
     ]
     meta = {
         "command": "python -m benchmarks.rollout "

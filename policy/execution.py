@@ -45,9 +45,10 @@ class ObservationHistory:
     def __init__(self, n_obs_steps: int) -> None:
         self.n_obs_steps = n_obs_steps
         self._buffers: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}  # each key's (B, ...): one tuple compare per step
 
     def clear(self) -> None:
-        self._buffers = {}
+        self._buffers, self._shapes = {}, {}
 
     def __len__(self) -> int:
         return self.n_obs_steps if self._buffers else 0
@@ -55,14 +56,15 @@ class ObservationHistory:
     def observe(self, obs: Mapping[str, np.ndarray]) -> None:
         if not self._buffers:  # an episode's first observation fills the whole history (as Diffusion Policy does)
             self._buffers = {k: np.repeat(np.asarray(v)[:, None], self.n_obs_steps, axis=1) for k, v in obs.items()}
+            self._shapes = {k: (b.shape[0], *b.shape[2:]) for k, b in self._buffers.items()}
             return
         # checked before anything is copied (a bad observation leaves the history as it was); plain loops,
         # as this runs once per env step
-        if len(obs) != len(self._buffers):
+        shapes = self._shapes
+        if len(obs) != len(shapes):
             self._changed(obs)
         for key, value in obs.items():
-            buffer, shape = self._buffers.get(key), np.shape(value)
-            if buffer is None or buffer.shape[0] != shape[0] or buffer.shape[2:] != shape[1:]:
+            if np.shape(value) != shapes.get(key):
                 self._changed(obs)
         for key, value in obs.items():
             buffer = self._buffers[key]

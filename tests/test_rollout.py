@@ -14,7 +14,7 @@ import torch
 from dpstack.envs.registry import make_env
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
-from dpstack.policy.rollout import TICK_KEY, ChunkEnv, RolloutError, Rollouts, RolloutSpec
+from dpstack.policy.rollout import TICK_KEY, ChunkEnv, RolloutError, Rollouts, RolloutSpec, _finite
 from dpstack.tasks import TaskConfig
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pusht_eval"
@@ -121,6 +121,23 @@ def test_a_nan_observation_names_the_task_seed_and_key() -> None:
     task_env._convert = lambda raw: {**good(raw), "state": np.full(4, np.nan)}  # the simulator's output goes bad
     with pytest.raises(RolloutError, match=r"task pointmaze-umaze, seed 3, step 1: observation 'state' is not finite"):
         env.step(np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("value", "finite"),
+    [
+        (np.array([1.0, -2.0, 3.0], np.float32), True),
+        (np.array([3e20, 1.0], np.float32), True),  # finite, though its square overflows float32
+        (np.array([1.0, np.nan], np.float32), False),
+        (np.array([np.inf, 0.0]), False),
+        (np.array([-np.inf]), False),
+        (np.ones((2, 3), np.float32), True),
+        (np.array([[0.0, np.nan]], np.float32), False),
+        (np.zeros(0, np.float32), True),
+    ],
+)
+def test_the_finiteness_check_matches_numpy(value: np.ndarray, finite: bool) -> None:
+    assert _finite(value) is finite and bool(np.isfinite(value).all()) is finite
 
 
 def test_a_dead_worker_is_an_error_naming_the_task() -> None:
