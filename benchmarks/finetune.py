@@ -44,8 +44,8 @@ PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
 # 10,000-step cosine schedule: it pushes the T most of the way (score ~0.8 on validation seeds from 200000)
 # but almost never finishes (success 0 of 20 there), which leaves DPPO the last part to learn. Lift: DPPO's own
 # robomimic actor shape (the MLP preset: 4-action chunks from 1 observation, 20 DDPM levels) stopped at 500 of a
-# 1,000-step schedule on 100 scripted demonstrations: success 0.30 with DPPO's deterministic sampling on 20
-# validation seeds from 200000 (after the full 1,000 steps: 0.75, too strong to leave room).
+# 1,000-step schedule on 100 scripted demonstrations (finetune.json: success 0.36 with DPPO's deterministic
+# sampling, 0.02 ancestral, on the 50 evaluation seeds).
 WEAK = {
     "pusht": (
         200,
@@ -199,7 +199,8 @@ def main() -> None:
         for row in rows:  # a stage that resumed a run also stands on the earlier invocations' commands
             old = before.get(row["task"], {})
             row["earlier_commands"] = old.get("earlier_commands", []) + old.get("commands", [])
-        rows = [r for task, r in before.items() if task not in {r["task"] for r in rows}] + rows
+        measured = {r["task"] for r in rows}
+        rows = [r for task, r in before.items() if task not in measured] + rows
     columns = [
         ("task", "task"),
         ("env steps", "dppo_env_steps"),

@@ -135,23 +135,21 @@ class ChunkEnv(gym.Wrapper):
         return {**histories, TICK_KEY: np.zeros(self._tick_size, np.float32)}, info
 
     def step(self, chunk: np.ndarray):  # type: ignore[override]
-        # runs once per simulator step: locals instead of attribute lookups, scalar writes into the record
         a = self.actions_per_tick
         tick = np.zeros(self._tick_size, np.float32)  # the tick's record, returned as obs[TICK_KEY]
         if self._idle:  # waves: this env's episode is over; it waits for the next wave
             return {**self._last, TICK_KEY: tick}, 0.0, False, False, {}
         offset = 0 if self._first else self.latency_steps
-        decide_at, frames, env_step, clock = a - self.latency_steps, self._frames, self.env.step, time.perf_counter
         decision, terminated, truncated, info, total, i = None, False, False, {}, 0.0, 0
         for i in range(a):
-            if i == decide_at:
+            if i == a - self.latency_steps:
                 decision = {k: v.copy() for k, v in self._stacked().items()}  # the next chunk's history
-            start = clock()
+            start = time.perf_counter()
             action = chunk[offset + i]
-            tick[4 + a + i] = (clock() - start) * 1000  # select_ms
-            if frames is not None:
-                frames.append(np.asarray(self.env.render()))
-            obs, reward, terminated, truncated, info = env_step(action)
+            tick[4 + a + i] = (time.perf_counter() - start) * 1000  # select_ms
+            if self._frames is not None:
+                self._frames.append(np.asarray(self.env.render()))
+            obs, reward, terminated, truncated, info = self.env.step(action)
             if not math.isfinite(reward):
                 raise RolloutError(
                     f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: reward is {reward}"
@@ -458,8 +456,8 @@ def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray
 
 def _finite(value: np.ndarray) -> bool:
     """Whether every element is finite; runs once per observation key and env step, so the common case is cheap."""
-    # a vector's dot product with itself is non-finite when any element is NaN or inf: one BLAS call, about half
-    # the cost of np.isfinite(...).all(); it can also overflow on huge finite values, so a miss is re-checked
+    # a vector's dot product with itself is non-finite when any element is NaN or inf (one BLAS call); it also
+    # overflows on huge finite values, where a float64 sum can too, so a miss is re-checked exactly
     if value.ndim == 1 and math.isfinite(np.dot(value, value)):
         return True
     return bool(np.isfinite(value).all())
