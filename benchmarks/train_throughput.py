@@ -14,6 +14,9 @@ machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{j
              each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
   scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
              gloo), same global batch and schedule.
+  gpu        on a CUDA machine: steps/s of `dpstack train device=cuda` (fp32, bf16 autocast, torch.compile)
+             against the reference loop on CUDA as its workspace runs it (benchmarks/reference_train_cuda.py),
+             interleaved, with U-Net small at batch 64 and the paper's low-dim U-Net (65.8 M) at batch 256.
 
     python -m benchmarks.train_throughput --part speed --reference-python /tmp/refvenv/bin/python \
         --reference-code /tmp/refdp      # setup: ../shared/peers/README.md
@@ -249,6 +252,79 @@ def part_breakdown(args: argparse.Namespace) -> None:
     )
 
 
+GPU_NETWORKS = {  # name: (dpstack overrides, the reference's down dims, step embedding, batch)
+    "U-Net small, batch 64": (["policy.preset=small", "batch_size=64"], "64,128,256", 128, 64),
+    "U-Net lowdim (paper), batch 256": (["policy.preset=lowdim", "batch_size=256"], "256,512,1024", 256, 256),
+}
+GPU_VARIANTS = {  # name: dpstack overrides; compiled variants run once (their first steps compile)
+    "fp32": [],
+    "bf16 autocast": ["precision=bf16"],
+    "torch.compile": ["compile=true"],
+    "torch.compile + bf16": ["compile=true", "precision=bf16"],
+}
+
+
+def part_gpu(args: argparse.Namespace) -> None:
+    import torch
+
+    npz = args.npz
+    if npz is None:
+        npz = Path(tempfile.mkdtemp()) / "store.npz"
+        subprocess.run([sys.executable, str(args.npz_script), str(args.store), str(npz)], check=True)
+    rows: list[dict[str, Any]] = []
+
+    def report() -> None:  # after every run: a call cut short by its time limit keeps what it measured
+        summary = []
+        for network in GPU_NETWORKS:
+            reference = [r["steps_per_s"] for r in rows if r["network"] == network and r["side"] == "reference"]
+            for variant in ["reference (fp32)", *GPU_VARIANTS]:
+                rates = [r["steps_per_s"] for r in rows if (r["network"], r["variant"]) == (network, variant)]
+                if rates:
+                    median = statistics.median(rates)
+                    summary.append({
+                        "network": network, "case": variant if "reference" in variant else f"dpstack, {variant}",
+                        "runs": len(rates), "steps_per_s_median": median, "steps_per_s_min": min(rates),
+                        "steps_per_s_max": max(rates),
+                        "vs_reference": median / statistics.median(reference) if reference else float("nan"),
+                    })  # fmt: skip
+        columns = [("network", "network"), ("case", "case"), ("runs", "runs"),
+                   ("steps/s (median of runs)", "steps_per_s_median"), ("min", "steps_per_s_min"),
+                   ("max", "steps_per_s_max"), ("x reference", "vs_reference")]  # fmt: skip
+        meta = {"store": str(args.store), "steps_per_run": args.steps, "gpu": torch.cuda.get_device_name(0),
+                "torch": torch.__version__, "cores": os.cpu_count(), "runs": rows}  # fmt: skip
+        write_results(Path(args.out), "train_throughput_gpu", summary, columns=columns, meta=meta)
+
+    # rounds of the eager cases (each network's fp32 run followed by the reference's), then the compiled ones once
+    plain = [(r, n, v) for r in range(args.rounds) for n in GPU_NETWORKS for v in GPU_VARIANTS if "compile" not in v]
+    cases = plain + [(0, n, v) for n in GPU_NETWORKS for v in GPU_VARIANTS if "compile" in v]
+    cases = [c for c in cases if c[2] in args.variants.split(",")]
+    for round_index, network, variant in cases:
+        overrides, down_dims, embed, batch = GPU_NETWORKS[network]
+        extra = GPU_VARIANTS[variant]
+        try:
+            row = run_dpstack(args.store, args.steps, 1, "ACTIVE", ["device=cuda", *overrides, *extra])
+        except subprocess.CalledProcessError as exc:  # report it and measure the other cases
+            print(f"{network}, {variant}: failed\n{exc.stderr[-3000:]}", flush=True)
+            continue
+        row.pop("records")
+        rows.append({"round": round_index, "network": network, "variant": variant, **row})
+        print({k: v for k, v in rows[-1].items() if k != "command"}, flush=True)
+        report()
+        if variant == "fp32" and args.reference_python:
+            command = [args.reference_python, str(args.reference_script), str(npz), str(args.steps),
+                       down_dims, str(embed), str(batch)]  # fmt: skip
+            env = os.environ | {"REF": args.reference_code}
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{network}, reference: failed\n{done.stderr[-3000:]}", flush=True)
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append({"round": round_index, "network": network, "variant": "reference (fp32)",
+                         **result, "command": f"REF={args.reference_code} {' '.join(command)}"})  # fmt: skip
+            print({k: v for k, v in rows[-1].items() if k != "command"}, flush=True)
+            report()
+
+
 def part_scaling(args: argparse.Namespace) -> None:
     extra = [f"warmup_steps={args.scaling_steps // 10}", "val_every=100"]
     rows = []
@@ -290,12 +366,17 @@ def part_scaling(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["speed", "breakdown", "scaling"], default="speed")
+    parser.add_argument("--part", choices=["speed", "breakdown", "scaling", "gpu"], default="speed")
     parser.add_argument("--store", type=Path, default=ROOT / "runs" / "pusht200.zarr")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run (after 20 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=2, help="speed: rounds of the interleaved cases")
     parser.add_argument("--reference-python", default="", help="the side venv's python (../shared/peers)")
     parser.add_argument("--reference-code", default="", help="the folder holding the reference's diffusion_policy")
+    parser.add_argument("--reference-script", type=Path, default=ROOT / "benchmarks" / "reference_train_cuda.py",
+                        help="gpu: the reference's CUDA driver")  # fmt: skip
+    parser.add_argument("--variants", default=",".join(GPU_VARIANTS), help="gpu: the dpstack variants to run")
+    parser.add_argument("--npz", type=Path, default=None, help="gpu: the store already written as .npz")
+    parser.add_argument("--npz-script", type=Path, default=PEERS / "store_to_npz.py", help="gpu: store -> npz")
     parser.add_argument("--scaling-steps", type=int, default=1200)
     parser.add_argument("--target-val-loss", type=float, default=0.06)
     parser.add_argument("--out", default="benchmarks/results")
@@ -309,7 +390,8 @@ def main() -> None:
             f"--reference-python {args.reference_python} / --reference-code {args.reference_code}: not found; "
             f"set them up as {PEERS / 'README.md'} says, or leave them out to measure dpstack alone"
         )
-    {"speed": part_speed, "breakdown": part_breakdown, "scaling": part_scaling}[args.part](args)
+    parts = {"speed": part_speed, "breakdown": part_breakdown, "scaling": part_scaling, "gpu": part_gpu}
+    parts[args.part](args)
 
 
 if __name__ == "__main__":

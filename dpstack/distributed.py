@@ -116,17 +116,26 @@ def broadcast_parameters(module: torch.nn.Module, world: World) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
+def _communicable(value: torch.Tensor) -> torch.Tensor:
+    """`value` where the backend can reduce it: NCCL only moves CUDA tensors (bookkeeping stays on the CPU)."""
+    if dist.get_backend() == "nccl" and value.device.type != "cuda":
+        return value.to(torch.device("cuda", torch.cuda.current_device()))
+    return value
+
+
 def sum_over_ranks(values: torch.Tensor, world: World) -> torch.Tensor:
-    """Element-wise sum of a tensor over all ranks (a copy)."""
+    """Element-wise sum of a tensor over all ranks (a copy, on the tensor's device)."""
     total = values.detach().clone()
     if world.size > 1:
-        dist.all_reduce(total)
+        moved = _communicable(total)
+        dist.all_reduce(moved)
+        total = moved.to(values.device)
     return total
 
 
 def normalize_over_ranks(x: torch.Tensor, world: World, eps: float = 1e-8) -> torch.Tensor:
     """(x - mean) / (std + eps) with the mean and std of the union of every rank's `x`."""
-    moments = sum_over_ranks(torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()))]).double(), world)
+    moments = sum_over_ranks(torch.stack([x.sum(), (x * x).sum(), x.new_tensor(float(x.numel()))]).double(), world)
     mean = moments[0] / moments[2]
     var = (moments[1] / moments[2] - mean**2).clamp(min=0) * moments[2] / (moments[2] - 1).clamp(min=1)
     return (x - mean.to(x.dtype)) / (var.sqrt().to(x.dtype) + eps)
@@ -136,6 +145,7 @@ def gather_tensors(value: torch.Tensor, world: World) -> list[torch.Tensor]:
     """Every rank's `value` (the same shape and dtype on all ranks), in rank order."""
     if world.size == 1:
         return [value]
-    out = [torch.empty_like(value) for _ in range(world.size)]
-    dist.all_gather(out, value.contiguous())
-    return out
+    moved = _communicable(value.contiguous())
+    out = [torch.empty_like(moved) for _ in range(world.size)]
+    dist.all_gather(out, moved)
+    return [v.to(value.device) for v in out]

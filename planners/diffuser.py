@@ -201,12 +201,12 @@ class DiffuserPlanner(PolicyModule):
 
     def compute_loss(
         self, batch: Mapping[str, Any], noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss on a batch {"obs": {key: (B, H, ...)}, "action": (B, H, A)[, "return": (B,)]} of raw values."""
         x = self._trajectories(batch["action"], batch["obs"][self.options.state_key])
         conditions = self._conditions(x[:, 0, self.action_dim :], x[:, -1, self.action_dim :])
         loss = self.diffusion.loss(x, conditions, noise=noise, timesteps=timesteps)
-        logs = {"diffusion_loss": float(loss.detach())}
+        logs = {"diffusion_loss": loss.detach()}
         if self.value is not None:
             t = timesteps
             if t is None:
@@ -216,9 +216,9 @@ class DiffuserPlanner(PolicyModule):
             predicted = self.value(noisy, t, self._value_cond(goal, x.shape[0]))
             target = batch["return"].to(predicted) * (1.0 - self.options.value_discount)  # O(1) values
             value_loss = torch.nn.functional.mse_loss(predicted, target)
-            logs["value_loss"] = float(value_loss.detach())
+            logs["value_loss"] = value_loss.detach()
             loss = loss + value_loss
-        logs["loss"] = float(loss.detach())
+        logs["loss"] = loss.detach()
         return loss, logs
 
     # ------------------------------------------------------------------ planning

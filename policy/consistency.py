@@ -95,7 +95,7 @@ class ConsistencyDistillation:
         self.target.to(device)
         return self
 
-    def compute_loss(self, student: DiffusionPolicy, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, student: DiffusionPolicy, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         action = student.normalizer.normalize("action", batch["action"])
         with torch.no_grad():
             target_cond, teacher_cond = self.target.condition(batch["obs"]), self.teacher.condition(batch["obs"])
@@ -103,7 +103,7 @@ class ConsistencyDistillation:
         loss = distillation_loss(
             student.denoiser, self.target.denoiser, self.teacher.denoiser, student.schedule, action, cond, self.grid
         )
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
     def update_target(self, student: DiffusionPolicy) -> None:
         ema_update(self.target, student, self.target_decay)

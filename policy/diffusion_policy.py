@@ -172,7 +172,7 @@ class DiffusionPolicy(PolicyModule):
 
     def compute_loss(
         self, batch: Mapping[str, Any], noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Denoising loss on a batch {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} of raw values."""
         action = self.normalizer.normalize("action", batch["action"])
         cond = self.condition(batch["obs"])
@@ -183,7 +183,7 @@ class DiffusionPolicy(PolicyModule):
         noisy = self.schedule.add_noise(action, noise, timesteps)
         prediction = self.denoiser(noisy, timesteps, cond)
         loss = F.mse_loss(prediction, self.schedule.training_target(action, noise))
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
     # ------------------------------------------------------------------ acting
     SAMPLERS = SAMPLERS

@@ -81,11 +81,12 @@ class DenoisingChain:
         shape = (batch, self.policy.cfg.horizon, self.policy.action_dim)
         x = torch.randn(shape, generator=generator).to(cond.device)
         steps = len(self.timesteps)
+        timesteps, prev_timesteps = self.timesteps.to(cond.device), self.prev_timesteps.to(cond.device)
         chain = []
         for i in range(steps):
             if i == steps - self.finetuned_steps:
                 chain.append(x)
-            t, prev = self.timesteps[i].expand(batch), self.prev_timesteps[i].expand(batch)
+            t, prev = timesteps[i].expand(batch), prev_timesteps[i].expand(batch)
             out = self.scheduler.step(self.policy.denoiser(x, t, cond), t, prev, x, None)
             noise = torch.randn(shape, generator=generator).to(cond.device).clamp(-opts.noise_clip, opts.noise_clip)
             x = out.mean + out.std.clamp(min=opts.min_sampling_std) * noise

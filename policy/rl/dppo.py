@@ -103,6 +103,7 @@ class DPPOConfig:
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds"})
     threads: int = field(default=2, metadata={"help": "torch threads"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda: the networks"})
     progress: bool = field(default=True, metadata={"help": "print a line per checkpoint"})
 
     def __post_init__(self) -> None:
@@ -187,12 +188,13 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     # under torchrun each rank runs its own envs and noise; gradients and advantage statistics are global
-    world, _ = distributed.init("cpu")
+    # the networks live on `device`; the envs, the noise generator and the reward scaling on the CPU
+    world, device = distributed.init(cfg.device)
     world.barrier()  # every rank has checked `out` before rank 0 writes to it
     chain = prepare(policy, cfg, checkpoint_task)
-    policy.train()
+    policy.to(device).train()
     k_ft, executed = cfg.finetuned_steps, policy.cfg.n_action_steps
-    critic = Critic(policy.obs_encoder.output_dim, list(cfg.critic_hidden))
+    critic = Critic(policy.obs_encoder.output_dim, list(cfg.critic_hidden)).to(device)
     distributed.broadcast_parameters(critic, world)
     actor_optimizer = torch.optim.Adam(policy.denoiser.finetuned.parameters(), lr=cfg.actor_lr)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.critic_lr)
@@ -279,7 +281,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
     def act(histories: dict[str, np.ndarray]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Rollout policy: an exploring chunk and the chain of its fine-tuned steps."""
         tick_start = time.perf_counter()
-        cond = policy.condition({k: torch.as_tensor(v) for k, v in histories.items()})
+        cond = policy.condition({k: torch.as_tensor(v, device=device) for k, v in histories.items()})
         x0, recorded = chain.sample(cond, generator)
         if not torch.isfinite(recorded).all():
             raise TrainingDiverged(
@@ -287,7 +289,8 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 f"diverged); the last checkpoint ({latest}) is kept as it was"
             )
         timing["inference_s"] += time.perf_counter() - tick_start
-        return policy.normalizer.unnormalize("action", x0[:, policy.cfg.n_obs_steps - 1 :]), {"chain": recorded}
+        actions = policy.normalizer.unnormalize("action", x0[:, policy.cfg.n_obs_steps - 1 :])
+        return actions.cpu(), {"chain": recorded.cpu()}
 
     rollout_spec = RolloutSpec(cfg.task, cfg.num_envs, policy.cfg.n_obs_steps, executed, 0, cfg.vectorization)
     last: dict[str, Any] = {}
@@ -305,20 +308,21 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
             # 2. chunk-level GAE on scaled rewards; old log-likelihoods of every recorded step
             samples = cfg.ticks * cfg.num_envs
             with torch.no_grad():
-                cond = policy.condition(_flatten(batch.obs))  # (T N, C): the encoder is frozen
+                cond = policy.condition(_flatten(batch.obs, device))  # (T N, C): the encoder is frozen
                 values = critic(cond).view(cfg.ticks, cfg.num_envs)
-                next_values = critic(policy.condition(batch.next_obs))
-                final_values = critic(policy.condition(_flatten(batch.final_obs))).view(cfg.ticks, cfg.num_envs)
+                next_values = critic(policy.condition(_flatten(batch.next_obs, device, leading=1)))
+                final_values = critic(policy.condition(_flatten(batch.final_obs, device))).view(cfg.ticks, cfg.num_envs)
             rewards = batch.reward.float()
             if cfg.scale_rewards:
                 ended = batch.terminated | batch.truncated
                 rewards = scale_rewards(rewards, ended, running_return, return_norm.norm, cfg.gamma)
             advantages, returns = gae(
-                rewards, values, next_values, batch.terminated, batch.truncated, final_values, cfg.gamma, cfg.gae_lambda
-            )
-            chains = batch.extras["chain"].reshape(samples, k_ft + 1, *batch.extras["chain"].shape[3:])
-            pair_sample = torch.arange(samples).repeat_interleave(k_ft)  # pairs (env step, denoising step)
-            pair_step = torch.arange(k_ft).repeat(samples)
+                rewards.to(device), values, next_values, batch.terminated.to(device), batch.truncated.to(device),
+                final_values, cfg.gamma, cfg.gae_lambda,
+            )  # fmt: skip
+            chains = batch.extras["chain"].to(device).reshape(samples, k_ft + 1, *batch.extras["chain"].shape[3:])
+            pair_sample = torch.arange(samples, device=device).repeat_interleave(k_ft)  # pairs (env step, denoising step)
+            pair_step = torch.arange(k_ft, device=device).repeat(samples)
             with torch.no_grad():
                 old_log_prob = torch.cat([
                     chain.log_prob(cond[s], chains[s], i)
@@ -332,7 +336,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
             stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")}
             pairs, stop = samples * k_ft, False
             for _ in range(cfg.epochs):
-                order = torch.randperm(pairs, generator=generator)
+                order = torch.randperm(pairs, generator=generator).to(device)
                 for index in order.split(cfg.minibatch_size):
                     s, i = pair_sample[index], pair_step[index]
                     log_ratio = chain.log_prob(cond[s], chains[s], i) - old_log_prob[index]
@@ -434,9 +438,9 @@ class RunningNormState(nn.Module):
         self.norm = RunningNorm(1)
 
 
-def _flatten(obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{key: (T, N, To, ...)} -> {key: (T N, To, ...)}."""
-    return {k: v.reshape(-1, *v.shape[2:]) for k, v in obs.items()}
+def _flatten(obs: dict[str, torch.Tensor], device: torch.device, leading: int = 2) -> dict[str, torch.Tensor]:
+    """{key: (T, N, To, ...)} -> {key: (T N, To, ...)} on `device` (`leading=1`: only moved)."""
+    return {k: v.to(device).reshape(-1, *v.shape[leading:]) for k, v in obs.items()}
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

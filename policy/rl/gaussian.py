@@ -203,7 +203,7 @@ class GaussianPolicy(PolicyModule):
         """Raw action units -> the [-1, 1] units the policy acts in (parity bounds of the export)."""
         return 2.0 / (self.action_high - self.action_low)
 
-    def compute_loss(self, batch: Mapping[str, Any], **_: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, batch: Mapping[str, Any], **_: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Behaviour cloning (the baseline's pretraining): negative log-likelihood of the demonstrated actions.
 
         `batch`: {"obs": {key: (B, To, ...)}, "action": (B, T, Da)} as `dpstack train` gives it (the first action
@@ -214,7 +214,7 @@ class GaussianPolicy(PolicyModule):
         act = batch["action"][:, 0] if batch["action"].dim() == 3 else batch["action"]
         u = 2.0 * (act - self.action_low) / (self.action_high - self.action_low) - 1.0
         loss = -self.distribution(flat).log_prob(u).sum(-1).mean()
-        return loss, {"nll": float(loss.detach())}
+        return loss, {"nll": loss.detach()}
 
 
 class GaussianSession:

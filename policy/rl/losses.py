@@ -103,7 +103,7 @@ def clip_coefficients(
     c(i) = base + (last - base) (exp(rate s) - 1) / (exp(rate) - 1) with s = i / (K' - 1); K' = 1 gives `last`.
     """
     if finetuned_steps == 1:
-        return torch.full(step.shape, float(last))
+        return torch.full(step.shape, float(last), device=step.device)
     s = step.to(torch.float32) / (finetuned_steps - 1)
     return base + (last - base) * (torch.exp(rate * s) - 1.0) / (math.exp(rate) - 1.0)
 
