@@ -14,9 +14,9 @@ machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{j
              each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
   scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
              gloo), same global batch and schedule.
-  gpu        on a CUDA machine: steps/s of `dpstack train device=cuda` (fp32, bf16 autocast, torch.compile)
-             against the reference loop on CUDA as its workspace runs it (benchmarks/reference_train_cuda.py),
-             interleaved, with U-Net small at batch 64 and the paper's low-dim U-Net (65.8 M) at batch 256.
+  gpu        on a CUDA machine: steps/s of `dpstack train device=cuda` against the reference loop on CUDA
+             as its workspace runs it (benchmarks/reference_train_cuda.py), interleaved, with U-Net small at
+             batch 64 and the paper's low-dim U-Net (65.8 M) at batch 256.
 
     python -m benchmarks.train_throughput --part speed --reference-python /tmp/refvenv/bin/python \
         --reference-code /tmp/refdp      # setup: ../shared/peers/README.md
@@ -256,12 +256,7 @@ GPU_NETWORKS = {  # name: (dpstack overrides, the reference's down dims, step em
     "U-Net small, batch 64": (["policy.preset=small", "batch_size=64"], "64,128,256", 128, 64),
     "U-Net lowdim (paper), batch 256": (["policy.preset=lowdim", "batch_size=256"], "256,512,1024", 256, 256),
 }
-GPU_VARIANTS = {  # name: dpstack overrides; compiled variants run once (their first steps compile)
-    "fp32": [],
-    "bf16 autocast": ["precision=bf16"],
-    "torch.compile": ["compile=true"],
-    "torch.compile + bf16": ["compile=true", "precision=bf16"],
-}
+GPU_VARIANTS: dict[str, list[str]] = {"fp32": []}  # name: dpstack overrides (see the README for what was dropped)
 
 
 def part_gpu(args: argparse.Namespace) -> None:
@@ -290,14 +285,13 @@ def part_gpu(args: argparse.Namespace) -> None:
         columns = [("network", "network"), ("case", "case"), ("runs", "runs"),
                    ("steps/s (median of runs)", "steps_per_s_median"), ("min", "steps_per_s_min"),
                    ("max", "steps_per_s_max"), ("x reference", "vs_reference")]  # fmt: skip
-        meta = {"store": str(args.store), "steps_per_run": args.steps, "gpu": torch.cuda.get_device_name(0),
+        meta = {"invocation": " ".join(sys.argv), "store": str(args.store), "steps_per_run": args.steps,
+                "gpu": torch.cuda.get_device_name(0),
                 "torch": torch.__version__, "cores": os.cpu_count(), "runs": rows}  # fmt: skip
         write_results(Path(args.out), "train_throughput_gpu", summary, columns=columns, meta=meta)
 
-    # rounds of the eager cases (each network's fp32 run followed by the reference's), then the compiled ones once
-    plain = [(r, n, v) for r in range(args.rounds) for n in GPU_NETWORKS for v in GPU_VARIANTS if "compile" not in v]
-    cases = plain + [(0, n, v) for n in GPU_NETWORKS for v in GPU_VARIANTS if "compile" in v]
-    cases = [c for c in cases if c[2] in args.variants.split(",")]
+    # rounds: each network's dpstack run followed by the reference's
+    cases = [(r, n, v) for r in range(args.rounds) for n in GPU_NETWORKS for v in GPU_VARIANTS]
     for round_index, network, variant in cases:
         overrides, down_dims, embed, batch = GPU_NETWORKS[network]
         extra = GPU_VARIANTS[variant]
@@ -328,15 +322,16 @@ def part_gpu(args: argparse.Namespace) -> None:
 def part_scaling(args: argparse.Namespace) -> None:
     extra = [f"warmup_steps={args.scaling_steps // 10}", "val_every=100"]
     rows = []
-    for ranks in (1, 2):
+    for ranks, options in ((1, []), (2, [])):
         run = run_dpstack(
-            args.store, args.scaling_steps - WARMUP - 1, ranks, "PASSIVE" if ranks > 1 else "ACTIVE", extra
+            args.store, args.scaling_steps - WARMUP - 1, ranks, "PASSIVE" if ranks > 1 else "ACTIVE", extra + options
         )
         validation = [(r["step"], r["train_s"], r["val_loss"]) for r in run["records"] if "val_loss" in r]
         reached = next(((step, seconds) for step, seconds, loss in validation if loss <= args.target_val_loss), None)
         rows.append(
             {
                 "ranks": ranks,
+                "options": " ".join(options) or "(defaults: fp32, eager)",
                 "threads_per_rank": run["threads_per_rank"],
                 "steps_per_s": run["steps_per_s"],
                 "target_val_loss": args.target_val_loss,
@@ -354,6 +349,7 @@ def part_scaling(args: argparse.Namespace) -> None:
         rows,
         columns=[
             ("ranks", "ranks"),
+            ("options", "options"),
             ("threads per rank", "threads_per_rank"),
             ("steps/s", "steps_per_s"),
             ("step reaching the target", "step_at_target"),
@@ -374,7 +370,6 @@ def main() -> None:
     parser.add_argument("--reference-code", default="", help="the folder holding the reference's diffusion_policy")
     parser.add_argument("--reference-script", type=Path, default=ROOT / "benchmarks" / "reference_train_cuda.py",
                         help="gpu: the reference's CUDA driver")  # fmt: skip
-    parser.add_argument("--variants", default=",".join(GPU_VARIANTS), help="gpu: the dpstack variants to run")
     parser.add_argument("--npz", type=Path, default=None, help="gpu: the store already written as .npz")
     parser.add_argument("--npz-script", type=Path, default=PEERS / "store_to_npz.py", help="gpu: store -> npz")
     parser.add_argument("--scaling-steps", type=int, default=1200)

@@ -72,11 +72,6 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: all cores; use 1 on a busy machine)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    precision: str = field(
-        default="fp32",
-        metadata={"help": "fp32 | bf16 (the forward pass under bf16 autocast; weights, optimizer and EMA stay fp32)"},
-    )
-    compile: bool = field(default=False, metadata={"help": "torch.compile the training loss (the first steps compile)"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the shuffling and the noise"})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` exactly where it stopped"})
     stop_after: int = field(default=0, metadata={"help": "end this run after N steps (0: run to `steps`)"})
@@ -226,8 +221,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # the same on every rank: each draws the global batch's noise (distributed.py)
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision: {cfg.precision!r} is not one of fp32, bf16")
     world, device = distributed.init(cfg.device)
     world.local_batch(cfg.batch_size)  # a world size that does not divide the batch fails before any work
     world.barrier()  # every rank has checked `out` before rank 0 writes to it
@@ -267,9 +260,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     loss_module = _LossModule(policy)
     if world.size > 1:  # averages gradients across ranks (and broadcasts rank 0's parameters now)
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
-    if cfg.compile:
-        loss_module = torch.compile(loss_module)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     optimizer = torch.optim.AdamW(  # fused: one kernel for all parameters, 4x faster than foreach on CPU
         policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), weight_decay=cfg.weight_decay, fused=True
     )
@@ -352,16 +342,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             batches = iter(_loader(train_set, cfg, epoch, 0, world))
             continue
         batch = _to(batch, device)
-        with autocast:
-            if distill is not None:
-                loss, parts = distill.compute_loss(policy, batch)
-            elif world.size > 1:  # the global batch's noise, this rank's rows
-                noise, timesteps = policy.training_noise(cfg.batch_size, device)
-                loss, parts = loss_module(
-                    batch, world.shard_rows(noise, cfg.batch_size), world.shard_rows(timesteps, cfg.batch_size)
-                )
-            else:
-                loss, parts = loss_module(batch)
+        if distill is not None:
+            loss, parts = distill.compute_loss(policy, batch)
+        elif world.size > 1:  # the global batch's noise, this rank's rows
+            noise, timesteps = policy.training_noise(cfg.batch_size, device)
+            loss, parts = loss_module(
+                batch, world.shard_rows(noise, cfg.batch_size), world.shard_rows(timesteps, cfg.batch_size)
+            )
+        else:
+            loss, parts = loss_module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
