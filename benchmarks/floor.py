@@ -113,12 +113,15 @@ def _session(path: Path, threads: int = 1, level: str = "ORT_ENABLE_ALL") -> Any
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _variants(model: Path, feeds: dict[str, np.ndarray], work: Path) -> dict[str, tuple[Callable[[], Any], Any]]:
+def _variants(
+    model: Path, feeds: dict[str, np.ndarray], work: Path, other_opset: tuple[int, Path]
+) -> dict[str, tuple[Callable[[], Any], Any]]:
     """name -> (one call, its session) for every runtime setting compared."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     sessions = {
         "fp32, optimization all (the runtime's)": _session(model),
+        f"fp32, the graph exported at opset {other_opset[0]}": _session(other_opset[1]),
         "fp32, optimization basic": _session(model, level="ORT_ENABLE_BASIC"),
         "fp32, optimization disabled": _session(model, level="ORT_DISABLE_ALL"),
         "fp32, 2 threads": _session(model, threads=2),
@@ -139,10 +142,12 @@ def _variants(model: Path, feeds: dict[str, np.ndarray], work: Path) -> dict[str
 
 
 def main() -> None:
+    import onnx
+
     from benchmarks.report import write_results
     from dpstack.envs.registry import task_spec
     from dpstack.methods import load_policy
-    from dpstack.policy.export import export_policy
+    from dpstack.policy.export import DEFAULT_OPSET, export_policy
     from dpstack.policy.samplers import StreamingOptions
     from dpstack.tasks import TaskConfig
 
@@ -159,6 +164,11 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: sampler {sampler.name} makes {sampler.nfe({})} calls per tick, not 1")
     spec = task_spec(task)
     export_policy(policy, sampler, args.out, spec.action_low, spec.action_high, spec.control_hz, vars(task))
+    # the other opset: 18 spells GroupNorm as Reshape/InstanceNormalization/Reshape/Mul/Add with runtime
+    # shapes, 21 has GroupNormalization (one node)
+    other = 18 if DEFAULT_OPSET != 18 else 21
+    export_policy(policy, sampler, args.out / f"opset{other}", spec.action_low, spec.action_high, spec.control_hz,
+                  vars(task), opset=other)  # fmt: skip
     meta = json.loads((args.out / "policy.json").read_text())
     rng = np.random.default_rng(0)
     feeds = {}
@@ -169,7 +179,7 @@ def main() -> None:
         scale, offset = (t.numpy() for t in policy.normalizer.params(key))
         feeds[key] = ((rng.uniform(-1, 1, feeds[key].shape) - offset) / scale).astype(np.float32)
     feeds["buffer"] = rng.uniform(-1, 1, feeds["buffer"].shape).astype(np.float32)
-    calls = _variants(args.out / "policy.onnx", feeds, args.out)
+    calls = _variants(args.out / "policy.onnx", feeds, args.out, (other, args.out / f"opset{other}" / "policy.onnx"))
     reference = calls["fp32, optimization all (the runtime's)"][0]()[0]
     action_scale = np.abs(policy.normalizer.params("action")[0].numpy())
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -225,6 +235,11 @@ def main() -> None:
         columns,
         {
             "checkpoint": args.checkpoint,
+            "opset": DEFAULT_OPSET,
+            "graph_nodes": {
+                f"opset {opset}": len(onnx.load(str(path)).graph.node)
+                for opset, path in ((DEFAULT_OPSET, args.out / "policy.onnx"), (other, args.out / f"opset{other}" / "policy.onnx"))
+            },
             "sampler": sampler.name,
             "calls": args.calls,
             "batch": 1,
