@@ -310,7 +310,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
             with torch.no_grad():
                 cond = policy.condition(_flatten(batch.obs, device))  # (T N, C): the encoder is frozen
                 values = critic(cond).view(cfg.ticks, cfg.num_envs)
-                next_values = critic(policy.condition(_flatten(batch.next_obs, device, leading=1)))
+                next_values = critic(policy.condition({k: v.to(device) for k, v in batch.next_obs.items()}))
                 final_values = critic(policy.condition(_flatten(batch.final_obs, device))).view(cfg.ticks, cfg.num_envs)
             rewards = batch.reward.float()
             if cfg.scale_rewards:
@@ -438,9 +438,9 @@ class RunningNormState(nn.Module):
         self.norm = RunningNorm(1)
 
 
-def _flatten(obs: dict[str, torch.Tensor], device: torch.device, leading: int = 2) -> dict[str, torch.Tensor]:
-    """{key: (T, N, To, ...)} -> {key: (T N, To, ...)} on `device` (`leading=1`: only moved)."""
-    return {k: v.to(device).reshape(-1, *v.shape[leading:]) for k, v in obs.items()}
+def _flatten(obs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """{key: (T, N, To, ...)} -> {key: (T N, To, ...)} on `device`."""
+    return {k: v.to(device).reshape(-1, *v.shape[2:]) for k, v in obs.items()}
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
