@@ -260,6 +260,11 @@ class PolicyNode(LifecycleNode):
             self._stop_control()
             self._release()
 
+    def destroy_node(self) -> None:
+        """`stop()` first: the inference thread must never publish through a destroyed publisher."""
+        self.stop()
+        super().destroy_node()
+
     # ------------------------------------------------------------------ state (call with the lock held)
     def _reset_counters(self) -> None:
         self._tick_ms: deque[float] = deque(maxlen=getattr(self, "_stats_window", 1000))
