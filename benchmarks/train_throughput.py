@@ -256,7 +256,6 @@ GPU_NETWORKS = {  # name: (dpstack overrides, the reference's down dims, step em
     "U-Net small, batch 64": (["policy.preset=small", "batch_size=64"], "64,128,256", 128, 64),
     "U-Net lowdim (paper), batch 256": (["policy.preset=lowdim", "batch_size=256"], "256,512,1024", 256, 256),
 }
-GPU_VARIANTS: dict[str, list[str]] = {"fp32": []}  # name: dpstack overrides (see the README for what was dropped)
 
 
 def part_gpu(args: argparse.Namespace) -> None:
@@ -272,12 +271,12 @@ def part_gpu(args: argparse.Namespace) -> None:
         summary = []
         for network in GPU_NETWORKS:
             reference = [r["steps_per_s"] for r in rows if r["network"] == network and r["side"] == "reference"]
-            for variant in ["reference (fp32)", *GPU_VARIANTS]:
-                rates = [r["steps_per_s"] for r in rows if (r["network"], r["variant"]) == (network, variant)]
+            for side, case in (("reference", "reference (fp32)"), ("dpstack", "dpstack, fp32")):
+                rates = [r["steps_per_s"] for r in rows if (r["network"], r["side"]) == (network, side)]
                 if rates:
                     median = statistics.median(rates)
                     summary.append({
-                        "network": network, "case": variant if "reference" in variant else f"dpstack, {variant}",
+                        "network": network, "case": case,
                         "runs": len(rates), "steps_per_s_median": median, "steps_per_s_min": min(rates),
                         "steps_per_s_max": max(rates),
                         "vs_reference": median / statistics.median(reference) if reference else float("nan"),
@@ -290,48 +289,42 @@ def part_gpu(args: argparse.Namespace) -> None:
                 "torch": torch.__version__, "cores": os.cpu_count(), "runs": rows}  # fmt: skip
         write_results(Path(args.out), "train_throughput_gpu", summary, columns=columns, meta=meta)
 
-    # rounds: each network's dpstack run followed by the reference's
-    cases = [(r, n, v) for r in range(args.rounds) for n in GPU_NETWORKS for v in GPU_VARIANTS]
-    for round_index, network, variant in cases:
-        overrides, down_dims, embed, batch = GPU_NETWORKS[network]
-        extra = GPU_VARIANTS[variant]
-        try:
-            row = run_dpstack(args.store, args.steps, 1, "ACTIVE", ["device=cuda", *overrides, *extra])
-        except subprocess.CalledProcessError as exc:  # report it and measure the other cases
-            print(f"{network}, {variant}: failed\n{exc.stderr[-3000:]}", flush=True)
-            continue
-        row.pop("records")
-        rows.append({"round": round_index, "network": network, "variant": variant, **row})
-        print({k: v for k, v in rows[-1].items() if k != "command"}, flush=True)
-        report()
-        if variant == "fp32" and args.reference_python:
-            command = [args.reference_python, str(args.reference_script), str(npz), str(args.steps),
-                       down_dims, str(embed), str(batch)]  # fmt: skip
-            env = os.environ | {"REF": args.reference_code}
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            if done.returncode:
-                print(f"{network}, reference: failed\n{done.stderr[-3000:]}", flush=True)
-                continue
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append({"round": round_index, "network": network, "variant": "reference (fp32)",
-                         **result, "command": f"REF={args.reference_code} {' '.join(command)}"})  # fmt: skip
-            print({k: v for k, v in rows[-1].items() if k != "command"}, flush=True)
+    # rounds: each network's dpstack run, then the reference's; a failed run is printed and the others still run
+    for round_index in range(args.rounds):
+        for network, (overrides, down_dims, embed, batch) in GPU_NETWORKS.items():
+            try:
+                row = run_dpstack(args.store, args.steps, 1, "ACTIVE", ["device=cuda", *overrides])
+                row.pop("records")
+                rows.append({"round": round_index, "network": network, **row})
+            except subprocess.CalledProcessError as exc:
+                print(f"{network}, dpstack: failed\n{exc.stderr[-3000:]}", flush=True)
+            if args.reference_python:
+                command = [args.reference_python, str(args.reference_script), str(npz), str(args.steps),
+                           down_dims, str(embed), str(batch)]  # fmt: skip
+                done = subprocess.run(command, env=os.environ | {"REF": args.reference_code}, capture_output=True,
+                                      text=True)  # fmt: skip
+                if done.returncode:
+                    print(f"{network}, reference: failed\n{done.stderr[-3000:]}", flush=True)
+                else:
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    rows.append({"round": round_index, "network": network, **result,
+                                 "command": f"REF={args.reference_code} {' '.join(command)}"})  # fmt: skip
+            print([{k: v for k, v in r.items() if k != "command"} for r in rows[-2:]], flush=True)
             report()
 
 
 def part_scaling(args: argparse.Namespace) -> None:
     extra = [f"warmup_steps={args.scaling_steps // 10}", "val_every=100"]
     rows = []
-    for ranks, options in ((1, []), (2, [])):
+    for ranks in (1, 2):
         run = run_dpstack(
-            args.store, args.scaling_steps - WARMUP - 1, ranks, "PASSIVE" if ranks > 1 else "ACTIVE", extra + options
+            args.store, args.scaling_steps - WARMUP - 1, ranks, "PASSIVE" if ranks > 1 else "ACTIVE", extra
         )
         validation = [(r["step"], r["train_s"], r["val_loss"]) for r in run["records"] if "val_loss" in r]
         reached = next(((step, seconds) for step, seconds, loss in validation if loss <= args.target_val_loss), None)
         rows.append(
             {
                 "ranks": ranks,
-                "options": " ".join(options) or "(defaults: fp32, eager)",
                 "threads_per_rank": run["threads_per_rank"],
                 "steps_per_s": run["steps_per_s"],
                 "target_val_loss": args.target_val_loss,
@@ -349,7 +342,6 @@ def part_scaling(args: argparse.Namespace) -> None:
         rows,
         columns=[
             ("ranks", "ranks"),
-            ("options", "options"),
             ("threads per rank", "threads_per_rank"),
             ("steps/s", "steps_per_s"),
             ("step reaching the target", "step_at_target"),

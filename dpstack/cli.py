@@ -216,7 +216,6 @@ def _run(command: Command, rest: list[str], wants_help: bool) -> int:
         finally:
             if log is not None:
                 log.end(how)
-            _release_process_group()
     except UserError as exc:
         if os.environ.get("DPSTACK_DEBUG"):
             raise
@@ -229,14 +228,6 @@ def _run(command: Command, rest: list[str], wants_help: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return int(result or 0)
-
-
-def _release_process_group() -> None:
-    """Under torchrun, tear down a process group that a failed command left behind: the rank then exits with its
-    error message instead of aborting in C++ at interpreter exit (its gloo threads still running)."""
-    dist = sys.modules.get("torch.distributed")  # never imports torch for commands that did not
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
