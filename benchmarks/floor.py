@@ -238,7 +238,10 @@ def main() -> None:
             "opset": DEFAULT_OPSET,
             "graph_nodes": {
                 f"opset {opset}": len(onnx.load(str(path)).graph.node)
-                for opset, path in ((DEFAULT_OPSET, args.out / "policy.onnx"), (other, args.out / f"opset{other}" / "policy.onnx"))
+                for opset, path in (
+                    (DEFAULT_OPSET, args.out / "policy.onnx"),
+                    (other, args.out / f"opset{other}" / "policy.onnx"),
+                )
             },
             "sampler": sampler.name,
             "calls": args.calls,

@@ -13,7 +13,8 @@ machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{j
   breakdown  one process, the phases of a step (data, forward, backward, clipping, optimizer, EMA) with
              each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
   scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
-             gloo), same global batch and schedule.
+             gloo), same global batch and schedule; `--scaling-device cuda --scaling-ranks 1` gives a
+             GPU's row (one GPU: NCCL needs one GPU per rank).
   gpu        on a CUDA machine: steps/s of `dpstack train device=cuda` against the reference loop on CUDA
              as its workspace runs it (benchmarks/reference_train_cuda.py), interleaved, with U-Net small at
              batch 64 and the paper's low-dim U-Net (65.8 M) at batch 256.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -314,9 +316,9 @@ def part_gpu(args: argparse.Namespace) -> None:
 
 
 def part_scaling(args: argparse.Namespace) -> None:
-    extra = [f"warmup_steps={args.scaling_steps // 10}", "val_every=100"]
+    extra = [f"warmup_steps={args.scaling_steps // 10}", "val_every=100", f"device={args.scaling_device}"]
     rows = []
-    for ranks in (1, 2):
+    for ranks in (int(r) for r in args.scaling_ranks.split(",")):
         run = run_dpstack(
             args.store, args.scaling_steps - WARMUP - 1, ranks, "PASSIVE" if ranks > 1 else "ACTIVE", extra
         )
@@ -325,6 +327,7 @@ def part_scaling(args: argparse.Namespace) -> None:
         rows.append(
             {
                 "ranks": ranks,
+                "device": args.scaling_device,
                 "threads_per_rank": run["threads_per_rank"],
                 "steps_per_s": run["steps_per_s"],
                 "target_val_loss": args.target_val_loss,
@@ -338,17 +341,23 @@ def part_scaling(args: argparse.Namespace) -> None:
         print({k: v for k, v in rows[-1].items() if k != "validation"}, flush=True)
     write_results(
         Path(args.out),
-        "train_throughput_scaling",
+        args.scaling_name,
         rows,
         columns=[
             ("ranks", "ranks"),
+            ("device", "device"),
             ("threads per rank", "threads_per_rank"),
             ("steps/s", "steps_per_s"),
             ("step reaching the target", "step_at_target"),
             ("seconds to the target", "seconds_to_target"),
             ("final validation loss", "final_val_loss"),
         ],
-        meta={"store": str(args.store), "steps": args.scaling_steps, "cores": os.cpu_count()},
+        meta={
+            "store": str(args.store),
+            "steps": args.scaling_steps,
+            "cores": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+        },
     )
 
 
@@ -366,6 +375,9 @@ def main() -> None:
     parser.add_argument("--npz-script", type=Path, default=PEERS / "store_to_npz.py", help="gpu: store -> npz")
     parser.add_argument("--scaling-steps", type=int, default=1200)
     parser.add_argument("--target-val-loss", type=float, default=0.06)
+    parser.add_argument("--scaling-ranks", default="1,2", help="scaling: the world sizes to run")
+    parser.add_argument("--scaling-device", default="cpu", help="scaling: the training device (cpu | cuda | auto)")
+    parser.add_argument("--scaling-name", default="train_throughput_scaling", help="scaling: results file stem")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     if not args.store.exists():

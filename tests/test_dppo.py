@@ -305,5 +305,8 @@ def test_push_t_gets_dppo_robomimic_settings_and_the_progress_reward() -> None:
     hopper = load_config("finetune", DPPOConfig, ["task=hopper", "checkpoint=c", "out=o"])
     assert (pusht.gamma, pusht.clip_base, pusht.epochs, pusht.task.env["reward"]) == (0.999, 0.001, 10, "progress")
     assert (hopper.gamma, hopper.clip_base, hopper.epochs) == (0.99, 0.01, 5)
+    # a tenth of DPPO's actor lr, at its batch scale (README "DPPO": 1e-4 lowered the U-Net's score, 1e-5 raised it)
+    assert (pusht.actor_lr, pusht.num_envs, pusht.minibatch_size, pusht.critic_warmup) == (1e-5, 40, 7500, 2)
+    assert (hopper.actor_lr, hopper.num_envs, hopper.critic_warmup) == (1e-4, 8, 0)
     chosen = load_config("finetune", DPPOConfig, ["task=pusht", "checkpoint=c", "out=o", "task.env.reward=coverage"])
     assert chosen.task.env["reward"] == "coverage"
