@@ -208,6 +208,28 @@ def test_a_short_finetune_raises_the_return_and_the_checkpoint_runs_everywhere(
     assert np.abs(other - expected).max() > 1e-3
 
 
+def test_critic_warmup_leaves_the_policy_unchanged_then_the_actor_learns(weak_hopper: Path, tmp_path: Path) -> None:
+    """During `critic_warmup` iterations only the critic trains: the checkpoint acts exactly as the pretrained
+    policy (on the same noise); the first iteration after it moves the fine-tuned steps."""
+    run = tmp_path / "warmup"
+    steps_per_iteration = 2 * 8 * 4
+    cfg = _finetune_config(weak_hopper, run, num_envs=2, ticks=8, total_steps=2 * steps_per_iteration,
+                           critic_warmup=2, eval_every=0, checkpoint_every=1)  # fmt: skip
+    finetune(cfg, load_policy(weak_hopper), "hopper")
+    pretrained, warmed = load_policy(weak_hopper), load_policy(run)
+    torch.testing.assert_close(dict(warmed.denoiser.finetuned.state_dict()), dict(pretrained.denoiser.state_dict()))
+    sampler = warmed.make_sampler({"deterministic": True})
+    noise = torch.randn(sampler.noise_shape(3, 4, 3), generator=torch.Generator().manual_seed(1))
+    state = torch.linspace(-0.5, 0.5, 33).reshape(3, 1, 11)
+    before = pretrained.sample_tick({"state": state}, pretrained.make_sampler({"deterministic": True}), None, noise)[0]
+    torch.testing.assert_close(warmed.sample_tick({"state": state}, sampler, None, noise)[0], before)
+    critic_loss = [json.loads(line)["value_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(critic_loss) == 2 and all(np.isfinite(critic_loss))
+    finetune(replace(cfg, total_steps=3 * steps_per_iteration, resume=True), load_policy(run), "hopper")
+    tuned = load_policy(run)
+    assert not torch.allclose(tuned.sample_tick({"state": state}, sampler, None, noise)[0], before)
+
+
 def test_sigkill_then_resume_continues_at_the_same_iteration(weak_hopper: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = [DPSTACK, "finetune", f"checkpoint={weak_hopper}", "task=hopper", "task.max_steps=200", f"out={run}",
