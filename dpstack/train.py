@@ -408,7 +408,9 @@ class _LossModule(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, batch: Any, noise: Any = None, timesteps: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, batch: Any, noise: Any = None, timesteps: Any = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if noise is None:
             return self.policy.compute_loss(batch)
         return self.policy.compute_loss(batch, noise=noise, timesteps=timesteps)

@@ -95,7 +95,9 @@ class ConsistencyDistillation:
         self.target.to(device)
         return self
 
-    def compute_loss(self, student: DiffusionPolicy, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(
+        self, student: DiffusionPolicy, batch: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         action = student.normalizer.normalize("action", batch["action"])
         with torch.no_grad():
             target_cond, teacher_cond = self.target.condition(batch["obs"]), self.teacher.condition(batch["obs"])

@@ -321,15 +321,20 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 final_values, cfg.gamma, cfg.gae_lambda,
             )  # fmt: skip
             chains = batch.extras["chain"].to(device).reshape(samples, k_ft + 1, *batch.extras["chain"].shape[3:])
-            pair_sample = torch.arange(samples, device=device).repeat_interleave(k_ft)  # pairs (env step, denoising step)
+            # pairs (env step, denoising step)
+            pair_sample = torch.arange(samples, device=device).repeat_interleave(k_ft)
             pair_step = torch.arange(k_ft, device=device).repeat(samples)
-            with torch.no_grad():
-                old_log_prob = torch.cat([
-                    chain.log_prob(cond[s], chains[s], i)
-                    for s, i in zip(pair_sample.split(8192), pair_step.split(8192), strict=True)
-                ])  # fmt: skip
-            if not torch.isfinite(old_log_prob).all():
-                raise TrainingDiverged(f"{out}: iteration {iteration}: a rollout log-likelihood is not finite")
+            # critic warm-up: the critic alone learns, so the denoiser's likelihoods (most of an update's time
+            # with a U-Net) are not computed at all
+            warming_up = iteration < cfg.critic_warmup
+            if not warming_up:
+                with torch.no_grad():
+                    old_log_prob = torch.cat([
+                        chain.log_prob(cond[s], chains[s], i)
+                        for s, i in zip(pair_sample.split(8192), pair_step.split(8192), strict=True)
+                    ])  # fmt: skip
+                if not torch.isfinite(old_log_prob).all():
+                    raise TrainingDiverged(f"{out}: iteration {iteration}: a rollout log-likelihood is not finite")
             b_adv, b_ret, b_val = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
 
             # 3. epochs of minibatches over (env step x denoising step) pairs
@@ -339,6 +344,20 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 order = torch.randperm(pairs, generator=generator).to(device)
                 for index in order.split(cfg.minibatch_size):
                     s, i = pair_sample[index], pair_step[index]
+                    v_loss = value_loss(critic(cond[s]), b_val[s], b_ret[s])
+                    if warming_up:
+                        loss = cfg.value_coef * v_loss
+                        if not torch.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"{out}: iteration {iteration}: the value loss is {float(v_loss)} (critic warm-up); "
+                                f"the last checkpoint ({latest}) is kept as it was"
+                            )
+                        critic_optimizer.zero_grad()
+                        loss.backward()
+                        distributed.average_gradients(list(critic.parameters()), world)
+                        critic_optimizer.step()
+                        stats["value_loss"].append(float(v_loss.detach()))
+                        continue
                     log_ratio = chain.log_prob(cond[s], chains[s], i) - old_log_prob[index]
                     normalized = (
                         normalize(b_adv[s]) if world.size == 1 else distributed.normalize_over_ranks(b_adv[s], world)
@@ -346,7 +365,6 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                     adv = normalized * denoising_discount(i, k_ft, cfg.gamma_denoising)
                     clip = clip_coefficients(i, k_ft, cfg.clip_base, cfg.clip_last, cfg.clip_rate)
                     pg_loss = clipped_surrogate(log_ratio, adv, clip)
-                    v_loss = value_loss(critic(cond[s]), b_val[s], b_ret[s])
                     loss = pg_loss + cfg.value_coef * v_loss
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
@@ -359,9 +377,8 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                     distributed.average_gradients(
                         [*policy.denoiser.finetuned.parameters(), *critic.parameters()], world
                     )
-                    if iteration >= cfg.critic_warmup:
-                        nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
-                        actor_optimizer.step()
+                    nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
+                    actor_optimizer.step()
                     critic_optimizer.step()
                     with torch.no_grad():  # the ranks agree on the early stop
                         kl = float(distributed.sum_over_ranks(approx_kl(log_ratio), world)) / world.size
@@ -391,7 +408,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 "return": float(totals[1]) / count if count else math.nan,
                 "success": float(totals[2]) / count if count else math.nan,
                 "score": float(totals[3]) / count if count else math.nan,
-                **{k: float(np.mean(v)) for k, v in stats.items()},
+                **{k: float(np.mean(v)) if v else math.nan for k, v in stats.items()},  # warm-up: critic only
                 "explained_variance": explained_variance(b_val, b_ret),
                 "stopped_early": stop,
                 "sps": rank_steps / (rollout_s + update_s),
