@@ -117,9 +117,10 @@ def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[
     pretrained, store = runs / f"dp-{name}-weak", runs / f"{name}{demos}.zarr"
     _run([DPSTACK, "collect", f"task={name}", f"episodes={demos}", f"out={store}", "workers=2"],
          store, store.exists(), log, commands)  # fmt: skip
+    done = _state(pretrained).get("step", 0)  # `stop_after` counts this invocation's steps: a resume does the rest
     _run([DPSTACK, "train", f"task={name}", *overrides, f"dataset={store}", f"out={pretrained}", f"steps={steps}",
-          f"stop_after={stop}", "checkpoint_every=500", "threads=1", "eval_episodes=0", "progress=false"],
-         pretrained, _state(pretrained).get("step", 0) >= stop, log, commands)  # fmt: skip
+          f"stop_after={stop - done}", "checkpoint_every=500", "threads=1", "eval_episodes=0", "progress=false"],
+         pretrained, done >= stop, log, commands)  # fmt: skip
     return pretrained, store
 
 
