@@ -124,6 +124,12 @@ def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[
     return pretrained, store
 
 
+def _reward(run: Path) -> str | None:
+    """The reward a run's checkpoint evaluates with (its task's `env.reward`; None: the task's only one)."""
+    config = json.loads((run / "checkpoints" / "latest" / "config.json").read_text())
+    return config.get("task", {}).get("env", {}).get("reward")
+
+
 def _record(row: dict[str, Any], prefix: str, record: dict, success: bool) -> None:
     """An evaluation's return (mean, standard error) into `row`, and for success tasks its success rate
     (binomial standard error) and score."""
@@ -157,13 +163,17 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo), ("bc", bc), ("ppo_bc", ppo)):
         out = runs / f"{checkpoint.name}-eval"
         _record(row, key, _eval(checkpoint, out, args.eval_episodes, log, commands), success)
-    row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"]
+    # a return ratio only where both summed the same reward (Push-T's DPPO trains and so evaluates on `progress`)
+    comparable = _reward(dppo) == _reward(pretrained)
+    row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"] if comparable else None
     row["run_logs"] = {run.name: _run_log(run) for run in (dppo, bc, ppo)}
     # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
         out = runs / f"{checkpoint.name}-eval-mean"
         _record(row, f"{key}_mean", _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN), success)
-    row["dppo_mean_over_pretrained_mean"] = row["dppo_mean_return"] / row["pretrained_mean_return"]
+    row["dppo_mean_over_pretrained_mean"] = (
+        row["dppo_mean_return"] / row["pretrained_mean_return"] if comparable else None
+    )
     row["published_dppo"] = PUBLISHED.get(name)
     # 5. curves and time
     dppo_history, ppo_history = _history(dppo), _history(ppo)
@@ -222,6 +232,11 @@ def main() -> None:
         ("pretrained, DDPM mean", "pretrained_mean_success"),
         ("DPPO, DDPM mean", "dppo_mean_success"),
         ("Gaussian BC + PPO", "ppo_bc_success"),
+        ("score: pretrained", "pretrained_score"),
+        ("DPPO ", "dppo_score"),
+        ("pretrained, DDPM mean ", "pretrained_mean_score"),
+        ("DPPO, DDPM mean ", "dppo_mean_score"),
+        ("Gaussian BC + PPO ", "ppo_bc_score"),
         ("s / iteration", "dppo_iteration_s"),
         ("inference s", "dppo_inference_s"),
         ("simulation s", "dppo_simulation_s"),
@@ -233,7 +248,8 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "cpu": platform.processor() or platform.machine(),
         "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands."
-        " Success (Push-T): the rate over the same seeds; Push-T's returns sum the reward each run trained on.",
+        " Success and score (manipulation): over the same seeds. Push-T's returns sum the reward each checkpoint"
+        " carries (DPPO's: `progress`, the others: coverage), so its return ratios are empty.",
     }
     write_results(args.out, "finetune", rows, columns, meta)
 
