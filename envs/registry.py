@@ -27,10 +27,14 @@ class TaskEntry:
     expert: str
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     expert_kwargs: dict[str, Any] = field(default_factory=dict)
+    # private memory of one env worker process (its imports, the simulator and one env), measured on Linux with
+    # the rollout harness's workers; the harness refuses async worker counts that would not fit
+    worker_memory_mb: int = 100
 
 
 _MAZE = ("dpstack.envs.pointmaze:PointMazeEnv", "dpstack.envs.pointmaze_expert:PointMazeExpert")
 _ROBOSUITE = ("dpstack.envs.robosuite_tasks:RobosuiteEnv", "dpstack.envs.robosuite_expert:RobosuiteExpert")
+_ROBOSUITE_WORKER_MB = 700  # robosuite's imports and one env: ~0.62 GB private per worker (Push-T, MuJoCo: ~0.04)
 _LOCOMOTION = ("dpstack.envs.locomotion:LocomotionEnv", "")
 
 TASKS: dict[str, TaskEntry] = {
@@ -39,8 +43,8 @@ TASKS: dict[str, TaskEntry] = {
     "pointmaze-medium": TaskEntry(*_MAZE, {"maze": "medium"}),
     "pointmaze-large": TaskEntry(*_MAZE, {"maze": "large"}),
     "pointmaze-umaze-dense": TaskEntry(*_MAZE, {"maze": "umaze", "reward_type": "dense"}),
-    "lift": TaskEntry(*_ROBOSUITE, {"task": "Lift"}, {"task": "Lift"}),
-    "can": TaskEntry(*_ROBOSUITE, {"task": "PickPlaceCan"}, {"task": "PickPlaceCan"}),
+    "lift": TaskEntry(*_ROBOSUITE, {"task": "Lift"}, {"task": "Lift"}, _ROBOSUITE_WORKER_MB),
+    "can": TaskEntry(*_ROBOSUITE, {"task": "PickPlaceCan"}, {"task": "PickPlaceCan"}, _ROBOSUITE_WORKER_MB),
     "hopper": TaskEntry(*_LOCOMOTION, {"body": "hopper"}),
     "walker2d": TaskEntry(*_LOCOMOTION, {"body": "walker2d"}),
     "halfcheetah": TaskEntry(*_LOCOMOTION, {"body": "halfcheetah"}),
@@ -82,6 +86,11 @@ def make_env(task: TaskConfig | str, **overrides: Any) -> TaskEnv:
     """Build `task` (a TaskConfig or a task name); `overrides` (e.g. max_steps=...) go to its env class."""
     entry, kwargs = _env_kwargs(task, overrides)
     return _load(entry.env)(**kwargs)
+
+
+def worker_memory_mb(name: str) -> int:
+    """About how much private memory one env worker process of task `name` holds."""
+    return task_entry(name).worker_memory_mb
 
 
 def make_expert(name: str, rng: np.random.Generator, noise: float = 0.0) -> Expert:

@@ -28,7 +28,7 @@ executed by the previous chunk); an episode's first chunk starts at index 0. Thi
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,156 +40,32 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
-from dpstack.envs.registry import make_env
-from dpstack.errors import UserError
-from dpstack.policy.execution import ObservationHistory
+from dpstack.envs.registry import worker_memory_mb
+from dpstack.errors import ConfigError
+from dpstack.policy.chunk_env import (  # re-exported: the harness's public names live in one import
+    EXTRA_INFO_KEYS,
+    TICK_KEY,
+    ChunkEnv,
+    RolloutError,
+    make_chunk_env,
+    unpack_tick,
+    write_video,
+)
 from dpstack.tasks import TaskConfig
 
-EXTRA_INFO_KEYS = ("max_coverage", "return")  # task-specific per-episode extras kept beside success and score
-# The tick's packed record travels as one more observation key (shared memory between async workers), not
-# in info: a vector env pickles each env's info through a pipe and merges it key by key, every step (~25 us
-# per env step for this array, against ~1 us for an empty info). Info carries only an episode's end.
-TICK_KEY = "_tick"
-
-
-class RolloutError(UserError, RuntimeError):
-    """An env worker that raised or died, or a non-finite observation or reward; names the task, seed and key."""
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    """mp4 through imageio-ffmpeg; falls back to gif if no encoder is available."""
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        imageio.mimwrite(path.with_suffix(".mp4"), frames, fps=fps, macro_block_size=1)
-        return path.with_suffix(".mp4")
-    except (ImportError, RuntimeError, OSError, ValueError):
-        imageio.mimwrite(path.with_suffix(".gif"), frames, duration=1000 / fps)
-        return path.with_suffix(".gif")
-
-
-class ChunkEnv(gym.Wrapper):
-    """A task env whose `step` executes one action chunk: one control tick of the policy.
-
-    Observations are histories {key: (n_obs_steps, *shape)} (the first observation repeated at an
-    episode's start). `step(chunk (latency_steps + actions_per_tick, Da))` executes up to
-    `actions_per_tick` (A) actions (fewer when the episode ends) and returns the chunk's summed reward.
-    The observation's `TICK_KEY` entry packs [executed, offset (the chunk index of the first action
-    run), terminated, truncated, rewards (A, 0 after the end), select_ms (A, host time picking each
-    action)] (see `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it
-    returns to a vector env stay false). Info is empty except when an episode ended: ``episode_*``
-    (seed, return, length, success, score and the task's extras) and ``final_<key>`` (the last history).
-    """
-
-    def __init__(
-        self,
-        env: gym.Env,
-        n_obs_steps: int,
-        actions_per_tick: int,
-        latency_steps: int = 0,
-        continuous: bool = False,
-        seed_stride: int = 1,
-    ) -> None:
-        super().__init__(env)
-        self.n_obs_steps, self.actions_per_tick, self.latency_steps = n_obs_steps, actions_per_tick, latency_steps
-        self.continuous, self.seed_stride = continuous, seed_stride
-        self.video_path: str | None = None  # set per episode (set_attr) to record it
-        self._tick_size = 4 + 2 * actions_per_tick  # see `unpack_tick`
-        self.history = ObservationHistory(n_obs_steps)
-        spaces = env.observation_space.spaces  # type: ignore[attr-defined]
-        if TICK_KEY in spaces:
-            raise ValueError(f"a task's observation key may not be {TICK_KEY!r}: the rollout harness uses it")
-        self.observation_space = gym.spaces.Dict(
-            {k: gym.spaces.Box(s.low.min(), s.high.max(), (n_obs_steps, *s.shape), s.dtype) for k, s in spaces.items()}
-            | {TICK_KEY: gym.spaces.Box(-np.inf, np.inf, (self._tick_size,), np.float32)}
-        )
-        act = env.action_space
-        self.action_space = gym.spaces.Box(-np.inf, np.inf, (latency_steps + actions_per_tick, *act.shape), np.float32)
-
-    # ------------------------------------------------------------------ helpers
-    def _observe(self, obs: Mapping[str, np.ndarray]) -> None:
-        for key, value in obs.items():
-            if value.dtype.kind == "f" and not _finite(value):
-                raise RolloutError(
-                    f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: "
-                    f"observation '{key}' is not finite"
-                )
-        self.history.observe({k: v[None] for k, v in obs.items()})
-
-    def _stacked(self) -> dict[str, np.ndarray]:
-        """The history as views: the vector env copies them at once, and an episode's start makes new buffers."""
-        return {k: v[0] for k, v in self.history.buffers().items()}
-
-    def _start(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        self._seed, self._length, self._return, self._first, self._idle = seed, 0, 0.0, True, False
-        obs, info = self.env.reset(seed=seed)
-        self.history.clear()
-        self._observe(obs)
-        self._frames: list[np.ndarray] | None = [] if self.video_path else None
-        return self._stacked(), info
-
-    # ------------------------------------------------------------------ gymnasium API
-    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
-        histories, info = self._start(seed)
-        return {**histories, TICK_KEY: np.zeros(self._tick_size, np.float32)}, info
-
-    def step(self, chunk: np.ndarray):  # type: ignore[override]
-        a = self.actions_per_tick
-        tick = np.zeros(self._tick_size, np.float32)  # the tick's record, returned as obs[TICK_KEY]
-        if self._idle:  # waves: this env's episode is over; it waits for the next wave
-            return {**self._last, TICK_KEY: tick}, 0.0, False, False, {}
-        offset = 0 if self._first else self.latency_steps
-        decision, terminated, truncated, info, total, i = None, False, False, {}, 0.0, 0
-        for i in range(a):
-            if i == a - self.latency_steps:
-                decision = {k: v.copy() for k, v in self._stacked().items()}  # the next chunk's history
-            start = time.perf_counter()
-            action = chunk[offset + i]
-            tick[4 + a + i] = (time.perf_counter() - start) * 1000  # select_ms
-            if self._frames is not None:
-                self._frames.append(np.asarray(self.env.render()))
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            if not math.isfinite(reward):
-                raise RolloutError(
-                    f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: reward is {reward}"
-                )
-            tick[4 + i] = reward
-            total += reward
-            self._return += reward
-            self._length += 1
-            self._observe(obs)
-            if terminated or truncated:
-                break
-        self._first = False
-        tick[0], tick[1], tick[2], tick[3] = i + 1, offset, terminated, truncated
-        out: dict[str, Any] = {}
-        if not (terminated or truncated):
-            self._last = decision if decision is not None else self._stacked()
-        else:
-            out.update(self._episode_end(info))
-            if self.continuous:
-                self._last, _ = self._start(None if self._seed is None else self._seed + self.seed_stride)
-            else:
-                self._last, self._idle = self._stacked(), True
-        # the episode's end travels in info: this env resets itself, so the vector env must never do it
-        return {**self._last, TICK_KEY: tick}, float(total), False, False, out
-
-    def _episode_end(self, info: dict[str, Any]) -> dict[str, Any]:
-        out = {f"final_{k}": v for k, v in self._stacked().items()}
-        out.update(
-            episode_seed=-1 if self._seed is None else self._seed,
-            episode_return=self._return,
-            episode_length=self._length,
-            episode_success=bool(info.get("is_success", False)),
-            episode_score=float(info.get("score", 0.0)),
-        )
-        out.update({f"episode_{k}": float(info[k]) for k in EXTRA_INFO_KEYS if k in info and f"episode_{k}" not in out})
-        if self._frames:
-            path = write_video(Path(self.video_path), self._frames, float(self.env.task_spec.control_hz))
-            out["episode_video"] = str(path)
-            self._frames = None
-        return out
+__all__ = [
+    "EXTRA_INFO_KEYS",
+    "TICK_KEY",
+    "ChunkEnv",
+    "PolicyFn",
+    "RolloutBatch",
+    "RolloutError",
+    "RolloutSpec",
+    "Rollouts",
+    "check_worker_memory",
+    "unpack_tick",
+    "write_video",
+]
 
 
 @dataclass
@@ -254,14 +130,15 @@ class Rollouts:
 
     def __init__(self, spec: RolloutSpec) -> None:
         self.spec = spec
-        task, s = spec.task, spec
-
-        def make(continuous: bool) -> Callable[[], gym.Env]:
-            return lambda: ChunkEnv(
-                make_env(task), s.n_obs_steps, s.actions_per_tick, s.latency_steps, continuous, s.num_envs
-            )
-
-        self._make = make
+        self._make = lambda continuous: functools.partial(  # a module-level function: workers load no torch
+            make_chunk_env,
+            spec.task,
+            spec.n_obs_steps,
+            spec.actions_per_tick,
+            spec.latency_steps,
+            continuous,
+            spec.num_envs,
+        )
         self._envs: gym.vector.VectorEnv | None = None
         self._continuous: bool | None = None
         self._next_obs: dict[str, np.ndarray] | None = None
@@ -279,6 +156,7 @@ class Rollouts:
         if self.spec.vectorization == "sync" or self.spec.num_envs == 1:
             self._envs = gym.vector.SyncVectorEnv(fns, copy=False, autoreset_mode=AutoresetMode.DISABLED)
         else:
+            check_worker_memory(self.spec.task.name, self.spec.num_envs, _available_memory_mb())
             self._envs = gym.vector.AsyncVectorEnv(
                 fns, context="spawn", copy=False, autoreset_mode=AutoresetMode.DISABLED
             )
@@ -441,26 +319,29 @@ class Rollouts:
         return batch
 
 
-def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray]:
-    """The per-env fields of `ChunkEnv`'s packed tick record obs[TICK_KEY] (N, 4 + 2A)."""
-    a = actions_per_tick
-    return {
-        "executed": tick[:, 0].astype(np.int64),
-        "offset": tick[:, 1].astype(np.int64),
-        "terminated": tick[:, 2] != 0,
-        "truncated": tick[:, 3] != 0,
-        "rewards": tick[:, 4 : 4 + a],
-        "select_ms": tick[:, 4 + a :],
-    }
+def check_worker_memory(task: str, num_envs: int, available_mb: float | None) -> None:
+    """Refuse to start `num_envs` worker processes that would not fit in memory (the kernel would kill the
+    run mid-way with no message); `available_mb` None (not known on this system) skips the check."""
+    per_worker = worker_memory_mb(task)
+    if available_mb is not None and num_envs * per_worker > 0.9 * available_mb:
+        raise ConfigError(
+            f"task {task}: vectorization=async with num_envs={num_envs} starts {num_envs} worker processes of "
+            f"~{per_worker / 1024:.2f} GB each (~{num_envs * per_worker / 1024:.1f} GB), but this machine has "
+            f"{available_mb / 1024:.1f} GB available; use vectorization=sync (all envs in this process, one "
+            f"simulator's imports) or fewer num_envs"
+        )
 
 
-def _finite(value: np.ndarray) -> bool:
-    """Whether every element is finite; runs once per observation key and env step, so the common case is cheap."""
-    # a vector's dot product with itself is non-finite when any element is NaN or inf (one BLAS call); it also
-    # overflows on huge finite values, where a float64 sum can too, so a miss is re-checked exactly
-    if value.ndim == 1 and math.isfinite(np.dot(value, value)):
-        return True
-    return bool(np.isfinite(value).all())
+def _available_memory_mb() -> float | None:
+    """MemAvailable from /proc/meminfo (Linux); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _histories(obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

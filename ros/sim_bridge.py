@@ -31,7 +31,7 @@ from std_srvs.srv import Trigger
 
 from dpstack.envs.base import TaskEnv
 from dpstack.envs.registry import make_env
-from dpstack.policy.rollout import EXTRA_INFO_KEYS
+from dpstack.policy.chunk_env import EXTRA_INFO_KEYS
 from dpstack.ros.messages import COMMAND_QOS, SENSOR_QOS, MalformedMessage, decode_action, observation_topics
 from dpstack.ros.parameters import declare_config, read_config
 from dpstack.ros.spin import spin_until_shutdown

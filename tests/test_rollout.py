@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from dpstack.envs.registry import make_env
+from dpstack.errors import ConfigError
 from dpstack.methods import load_policy
+from dpstack.policy.chunk_env import _finite
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
-from dpstack.policy.rollout import TICK_KEY, ChunkEnv, RolloutError, Rollouts, RolloutSpec, _finite
+from dpstack.policy.rollout import TICK_KEY, ChunkEnv, RolloutError, Rollouts, RolloutSpec, check_worker_memory
 from dpstack.tasks import TaskConfig
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pusht_eval"
@@ -150,3 +152,23 @@ def test_a_dead_worker_is_an_error_naming_the_task() -> None:
             rollouts.collect(lambda h: np.zeros((2, 2, 2), np.float32), ticks=3)
     finally:
         rollouts.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads a worker's memory map (Linux)")
+def test_env_worker_processes_load_no_torch() -> None:
+    """A worker unpickles only the torch-free half of the harness (~0.1 GB less per Push-T or MuJoCo worker)."""
+    spec = RolloutSpec(TaskConfig(name="pusht", max_steps=20), num_envs=2, n_obs_steps=1, actions_per_tick=2)
+    with Rollouts(spec) as rollouts:
+        rollouts.collect(lambda h: np.full((2, 2, 2), 256.0, np.float32), ticks=1)
+        for process in rollouts._envs.processes:
+            maps = Path(f"/proc/{process.pid}/maps").read_text()
+            assert "pymunk" in maps or "chipmunk" in maps  # the map is the worker's: its simulator is loaded
+            assert "libtorch" not in maps
+
+
+def test_async_workers_that_would_not_fit_in_memory_are_refused_up_front() -> None:
+    with pytest.raises(ConfigError, match=r"task lift: vectorization=async with num_envs=40 .* use vectorization=sync"):
+        check_worker_memory("lift", 40, available_mb=23 * 1024)
+    check_worker_memory("lift", 8, available_mb=23 * 1024)  # ~5.5 GB: fits
+    check_worker_memory("pusht", 40, available_mb=23 * 1024)
+    check_worker_memory("lift", 1000, available_mb=None)  # memory not known: not checked
