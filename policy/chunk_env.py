@@ -85,6 +85,12 @@ class ChunkEnv(gym.Wrapper):
         act = env.action_space
         self.action_space = gym.spaces.Box(-np.inf, np.inf, (latency_steps + actions_per_tick, *act.shape), np.float32)
 
+    @classmethod
+    def for_task(cls, task: TaskConfig, *args: Any, **kwargs: Any) -> ChunkEnv:
+        """The task's env wrapped (the other arguments as for the constructor): built inside a worker process,
+        which unpickles this module-level reference without importing torch."""
+        return cls(make_env(task), *args, **kwargs)
+
     # ------------------------------------------------------------------ helpers
     def _observe(self, obs: Mapping[str, np.ndarray]) -> None:
         for key, value in obs.items():
@@ -168,18 +174,6 @@ class ChunkEnv(gym.Wrapper):
             out["episode_video"] = str(path)
             self._frames = None
         return out
-
-
-def make_chunk_env(
-    task: TaskConfig,
-    n_obs_steps: int,
-    actions_per_tick: int,
-    latency_steps: int = 0,
-    continuous: bool = False,
-    seed_stride: int = 1,
-) -> ChunkEnv:
-    """The task's env as a `ChunkEnv`: a module-level factory, so a worker process unpickles it without torch."""
-    return ChunkEnv(make_env(task), n_obs_steps, actions_per_tick, latency_steps, continuous, seed_stride)
 
 
 def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray]:

@@ -47,9 +47,7 @@ from dpstack.policy.chunk_env import (  # re-exported: the harness's public name
     TICK_KEY,
     ChunkEnv,
     RolloutError,
-    make_chunk_env,
     unpack_tick,
-    write_video,
 )
 from dpstack.tasks import TaskConfig
 
@@ -64,7 +62,6 @@ __all__ = [
     "Rollouts",
     "check_worker_memory",
     "unpack_tick",
-    "write_video",
 ]
 
 
@@ -130,8 +127,8 @@ class Rollouts:
 
     def __init__(self, spec: RolloutSpec) -> None:
         self.spec = spec
-        self._make = lambda continuous: functools.partial(  # a module-level function: workers load no torch
-            make_chunk_env,
+        self._make = lambda continuous: functools.partial(  # a module-level reference: workers load no torch
+            ChunkEnv.for_task,
             spec.task,
             spec.n_obs_steps,
             spec.actions_per_tick,
