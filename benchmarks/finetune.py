@@ -9,7 +9,8 @@ resumes) and is skipped when its output is complete:
    runs/pusht200.zarr and runs/lift100.zarr, collected if missing);
 2. DPPO: `dpstack finetune` from it for `--steps` env steps (resumed if the run exists);
 3. the baseline: a Gaussian MLP behaviour-cloned on the same store (`dpstack train policy=gaussian`),
-   then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`);
+   then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`; fewer with
+   `--baseline-steps`, for a baseline that has already converged);
 4. `dpstack eval` of all four policies on `--eval-episodes` seeds from 100000 (never the seeds that the
    runs evaluated on during training, which start at 200000), and of both diffusion policies again with
    DPPO's deterministic evaluation (`sampler=ddpm sampler.deterministic=true`);
@@ -144,7 +145,9 @@ def _record(row: dict[str, Any], prefix: str, record: dict, success: bool) -> No
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     runs = args.runs
     log, commands = runs / f"finetune-{name}.log", []
-    row: dict[str, Any] = {"task": name, "commands": commands, "budget_env_steps": args.steps}
+    baseline_steps = args.baseline_steps or args.steps
+    row: dict[str, Any] = {"task": name, "commands": commands, "budget_env_steps": args.steps,
+                           "baseline_budget_env_steps": baseline_steps}  # fmt: skip
     pretrained, store = _pretrained(name, runs, log, commands)
     success = name not in PUBLISHED  # manipulation: success and score beside the return
     # 2. DPPO
@@ -156,9 +159,9 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     _run([DPSTACK, "train", f"task={name}", "policy=gaussian", f"dataset={store}", f"out={bc}",
           f"steps={args.bc_steps}", "batch_size=256", "eval_episodes=0", "threads=2", "progress=false"],
          bc, _state(bc).get("step", 0) >= args.bc_steps, log, commands)  # fmt: skip
-    _run([DPSTACK, "rl", "train", f"task={name}", f"init={bc}", f"out={ppo}", f"total_steps={args.steps}",
+    _run([DPSTACK, "rl", "train", f"task={name}", f"init={bc}", f"out={ppo}", f"total_steps={baseline_steps}",
           "checkpoint_every=10", "progress=false"],
-         ppo, _state(ppo).get("env_steps", 0) >= args.steps - 8 * 256, log, commands)  # fmt: skip
+         ppo, _state(ppo).get("env_steps", 0) >= baseline_steps - 8 * 256, log, commands)  # fmt: skip
     # 4. the four policies on the same evaluation seeds
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo), ("bc", bc), ("ppo_bc", ppo)):
         out = runs / f"{checkpoint.name}-eval"
@@ -197,6 +200,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="halfcheetah")
     parser.add_argument("--steps", type=int, default=1_000_000, help="env steps of each fine-tuning run")
+    parser.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=None,
+        help="env steps of the Gaussian baseline's PPO (default: --steps; less when it has already converged and the"
+        " CPU time goes to DPPO, recorded in the row as baseline_budget_env_steps)",
+    )
     parser.add_argument("--bc-steps", type=int, default=20_000, help="behaviour-cloning steps of the baseline")
     parser.add_argument("--eval-every", type=int, default=25, help="DPPO iterations between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=50)
@@ -215,6 +225,7 @@ def main() -> None:
     columns = [
         ("task", "task"),
         ("env steps", "dppo_env_steps"),
+        ("baseline env steps", "ppo_env_steps"),
         ("pretrained DP", "pretrained_return"),
         ("DPPO", "dppo_return"),
         ("+-", "dppo_return_se"),
