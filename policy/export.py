@@ -41,6 +41,7 @@ from torch import nn
 
 from dpstack.errors import ConfigError
 from dpstack.policy.diffusion_policy import DiffusionPolicy
+from dpstack.policy.onnx_ops import for_onnx
 from dpstack.policy.samplers import Sampler, max_calls_per_tick
 from dpstack.version import __version__
 
@@ -185,11 +186,19 @@ def export_policy(
     task: dict[str, Any] | None = None,
     sampler_config: dict[str, Any] | None = None,
     opset: int = DEFAULT_OPSET,
+    onnx_ops: bool = True,
 ) -> dict[str, Any]:
-    """Write the graphs and policy.json to `out_dir`; returns the metadata."""
+    """Write the graphs and policy.json to `out_dir`; returns the metadata.
+
+    `onnx_ops` exports Mish and GroupNorm in their faster ONNX Runtime spellings (`policy/onnx_ops.py`,
+    numerically equal); False keeps PyTorch's own, for comparing the two.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy = policy.eval().cpu()
+    weights = weights_sha256(policy)
+    if onnx_ops:
+        policy = for_onnx(policy)
     obs = example_observations(policy, batch=2)  # batch 1 would be specialized by torch.export
     obs_keys = list(obs)
     horizon, action_dim = policy.cfg.horizon, policy.action_dim
@@ -235,7 +244,7 @@ def export_policy(
         "format_version": FORMAT_VERSION,
         "dpstack_version": __version__,
         "opset": opset,
-        "weights_sha256": weights_sha256(policy),
+        "weights_sha256": weights,
         "task": task or {},
         "control_hz": float(control_hz),
         "observations": [
