@@ -184,8 +184,10 @@ def main() -> None:
     }
     previous = json.loads((RESULTS / "export.json").read_text())["rows"] if (RESULTS / "export.json").exists() else []
     done = {(r["task"], r["sampler"]) for r in rows}  # rows of other samplers stay from their own runs
-    rows = [r for r in previous if (r["task"], r["sampler"]) not in done] + rows
     meta["command"] = "python -m benchmarks.export " + " ".join(sys.argv[1:])
+    for row in rows:  # each row keeps the command that measured it
+        row["command"], row["date"] = meta["command"], time.strftime("%Y-%m-%d %H:%M:%S")
+    rows = [r for r in previous if (r["task"], r["sampler"]) not in done] + rows
     write_results(RESULTS, "export", rows, columns, meta)
 
 

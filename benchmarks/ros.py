@@ -377,6 +377,13 @@ def main() -> None:
         ]
         command = f"python -m benchmarks.ros --part rate --rate-models {' '.join(map(str, models))} "
         command += f"--rates {args.rates} --seconds {args.seconds:g}"
+        for row in rows:  # each row keeps the command that measured it when later runs add or replace rows
+            row["command"] = command
+        previous = RESULTS / "ros_rate.json"
+        if previous.exists():
+            done = {(r["model"], r["rate_hz"]) for r in rows}
+            kept = [r for r in json.loads(previous.read_text())["rows"] if (r["model"], r["rate_hz"]) not in done]
+            rows = [*kept, *rows]
         write_results(RESULTS, "ros_rate", rows, columns, {**meta, "seconds": args.seconds, "command": command})
 
 
