@@ -12,7 +12,7 @@ from torch import nn
 
 from dpstack.methods import load_policy
 from dpstack.policy.export import weights_sha256
-from dpstack.policy.onnx_ops import OnnxGroupNorm, OnnxMish, for_onnx
+from dpstack.policy.onnx_ops import OnnxConv1d, OnnxGroupNorm, OnnxMish, for_onnx
 
 
 def test_mish_with_one_exponential_equals_torch_mish_over_the_float32_range() -> None:
@@ -36,11 +36,31 @@ def test_group_norm_on_constant_shapes_equals_torch_group_norm(shape: tuple[int,
     torch.testing.assert_close(replaced(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 5, "padding": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "bias": False},
+        {"kernel_size": 3, "dilation": 2, "groups": 2, "padding": "same"},
+        {"kernel_size": 1},
+    ],
+)
+def test_conv1d_as_a_height_one_conv2d_equals_torch_conv1d(kwargs: dict) -> None:
+    torch.manual_seed(0)
+    reference = nn.Conv1d(4, 6, **kwargs)
+    replaced = for_onnx(nn.Sequential(reference))[0]
+    assert isinstance(replaced, OnnxConv1d)
+    x = torch.randn(3, 4, 16)
+    torch.testing.assert_close(replaced(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
 def test_for_onnx_copies_and_keeps_parameter_names() -> None:
-    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.GroupNorm(2, 8), nn.Mish())
+    model = nn.Sequential(
+        nn.Conv1d(4, 8, 3), nn.GroupNorm(2, 8), nn.Mish(), nn.Conv1d(8, 8, 3, padding_mode="circular")
+    )
     copied = for_onnx(model)
-    assert [type(m) for m in model] == [nn.Conv1d, nn.GroupNorm, nn.Mish]  # the original is untouched
-    assert [type(m) for m in copied] == [nn.Conv1d, OnnxGroupNorm, OnnxMish]
+    assert [type(m) for m in model] == [nn.Conv1d, nn.GroupNorm, nn.Mish, nn.Conv1d]  # the original is untouched
+    assert [type(m) for m in copied] == [OnnxConv1d, OnnxGroupNorm, OnnxMish, nn.Conv1d]  # circular: kept
     assert list(copied.state_dict()) == list(model.state_dict())
     assert weights_sha256(copied) == weights_sha256(model)
 
