@@ -11,9 +11,10 @@ the DRAM one, the conservative bound.
 
 Run as a benchmark, it exports one checkpoint's one-call tick (per-action streaming: one denoiser call,
 the buffer shift and the normalization) and times it through ONNX Runtime under several session
-settings, alternating them call by call on the same inputs (batch 1): the export's Mish and GroupNorm
+settings, alternating them in blocks of `--block` calls on the same inputs (batch 1): the export's Mish, GroupNorm and Conv1d
 spellings (`policy/onnx_ops.py`) against PyTorch's own, graph optimization levels, IO binding, 1 or 2
-intra-op threads, int8 weights of the MatMuls (dynamic quantization) and of every Conv and MatMul. Each variant's parity against the fp32 graph is measured in normalized action units.
+intra-op threads, int8 weights of the MatMuls (dynamic quantization) and of every Conv and MatMul.
+Each variant's parity against the fp32 graph is measured in normalized action units.
 
     python -m benchmarks.floor --checkpoint runs/pusht-unet-stream1 --calls 500
 
@@ -117,18 +118,26 @@ def _variants(
     model: Path, feeds: dict[str, np.ndarray], work: Path, torch_spelling: Path
 ) -> dict[str, tuple[Callable[[], Any], Any]]:
     """name -> (one call, its session) for every runtime setting compared."""
+    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     sessions = {
         "fp32, optimization all (the runtime's)": _session(model),
-        "fp32, PyTorch's Mish and GroupNorm (onnx_ops=False)": _session(torch_spelling),
+        "fp32, PyTorch's Mish, GroupNorm and Conv1d (onnx_ops=False)": _session(torch_spelling),
         "fp32, optimization basic": _session(model, level="ORT_ENABLE_BASIC"),
         "fp32, optimization disabled": _session(model, level="ORT_DISABLE_ALL"),
         "fp32, 2 threads": _session(model, threads=2),
     }
+    # quantization needs every weight as an initializer: the export's Conv weights are Unsqueeze(initializer)
+    # (`policy/onnx_ops.py`), which ONNX Runtime's basic optimization folds into constants
+    folded = work / "folded.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     for name, ops in (("int8 MatMul weights", ["MatMul", "Gemm"]), ("int8 Conv + MatMul weights", ["Conv", "MatMul"])):
         path = work / f"{name.split()[0]}-{len(ops)}.onnx"
-        quantize_dynamic(model, path, op_types_to_quantize=ops, weight_type=QuantType.QInt8)
+        quantize_dynamic(folded, path, op_types_to_quantize=ops, weight_type=QuantType.QInt8)
         sessions[name] = _session(path)
     calls = {name: (lambda s=s: s.run(None, feeds), s) for name, s in sessions.items()}
     runtime = sessions["fp32, optimization all (the runtime's)"]
@@ -153,7 +162,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a per-action streaming run (one call per tick)")
-    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--calls", type=int, default=500, help="timed calls per variant")
+    parser.add_argument("--block", type=int, default=25, help="consecutive calls of one variant before the next")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-floor"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -186,11 +196,15 @@ def main() -> None:
     for fn, _ in calls.values():
         for _ in range(20):
             fn()
-    for _ in range(args.calls):  # alternate: every variant sees the same machine state
+    # alternate in blocks of `--block` calls: drift hits every variant alike, and within a block each one runs
+    # as a control loop runs it, the same session call after call (call by call, 8 sessions' weights evict
+    # each other from the caches and every variant reads slower)
+    for _ in range(max(1, args.calls // args.block)):
         for name, (fn, _) in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1000)
+            for _ in range(args.block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1000)
     sample = torch.zeros(1, policy.cfg.horizon, policy.action_dim)
     cost = denoiser_cost(
         policy.denoiser,
@@ -249,7 +263,7 @@ def main() -> None:
             "floor_1_thread": floors[1],
             "floor_2_threads": floors[2],
             "cpu": platform.processor() or platform.machine(),
-            "command": f"python -m benchmarks.floor --checkpoint {args.checkpoint} --calls {args.calls}",
+            "command": f"python -m benchmarks.floor --checkpoint {args.checkpoint} --calls {args.calls} --block {args.block}",
         },
     )
 
