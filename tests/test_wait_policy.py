@@ -49,3 +49,22 @@ def test_running_tasks_are_read_from_the_kernel() -> None:
     finally:
         busy.kill()
         busy.wait()
+
+
+@pytest.mark.parametrize(
+    ("requested", "policy", "expected"),
+    [
+        (None, "PASSIVE", 1),
+        (None, "passive", 1),
+        (None, "ACTIVE", 2),
+        (None, None, 2),
+        (2, "PASSIVE", 2),
+        (1, "ACTIVE", 1),
+    ],
+)
+def test_dppo_rollouts_use_one_thread_when_openmp_workers_sleep(
+    requested: int | None, policy: str | None, expected: int
+) -> None:
+    from dpstack.policy.rl.dppo import rollout_thread_count
+
+    assert rollout_thread_count(requested, 2, policy) == expected
