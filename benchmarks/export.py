@@ -14,7 +14,6 @@ task's seeds, to compare with `benchmarks/samplers` (PyTorch, same seeds).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from benchmarks.report import write_results
+from benchmarks.report import merge_with_previous, write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_exported
@@ -182,12 +181,10 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-    previous = json.loads((RESULTS / "export.json").read_text())["rows"] if (RESULTS / "export.json").exists() else []
-    done = {(r["task"], r["sampler"]) for r in rows}  # rows of other samplers stay from their own runs
     meta["command"] = "python -m benchmarks.export " + " ".join(sys.argv[1:])
-    for row in rows:  # each row keeps the command that measured it
+    for row in rows:  # each row keeps the command that measured it; rows of other samplers stay from their runs
         row["command"], row["date"] = meta["command"], time.strftime("%Y-%m-%d %H:%M:%S")
-    rows = [r for r in previous if (r["task"], r["sampler"]) not in done] + rows
+    rows = merge_with_previous(RESULTS, "export", rows, key=lambda r: (r["task"], r["sampler"]))
     write_results(RESULTS, "export", rows, columns, meta)
 
 

@@ -174,8 +174,8 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: sampler {sampler.name} makes {sampler.nfe({})} calls per tick, not 1")
     spec = task_spec(task)
     export_policy(policy, sampler, args.out, spec.action_low, spec.action_high, spec.control_hz, vars(task))
-    # PyTorch's own spellings: Mish (ONNX Runtime expands it to Softplus, Tanh, Mul) and GroupNorm with runtime
-    # shape arithmetic (at opset 21 a GroupNormalization node, slower still in ONNX Runtime: README)
+    # PyTorch's own spellings: Mish (ONNX Runtime expands it to Softplus, Tanh, Mul), GroupNorm with runtime
+    # shape arithmetic (at opset 21 a GroupNormalization node, slower still in ONNX Runtime: README), Conv1d
     torch_spelling = args.out / "torch-spelling"
     export_policy(policy, sampler, torch_spelling, spec.action_low, spec.action_high, spec.control_hz,
                   vars(task), onnx_ops=False)  # fmt: skip

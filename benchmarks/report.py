@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,18 @@ def write_results(
 
 
 def merge_with_previous(
-    out_dir: Path, name: str, rows: list[dict[str, Any]], order: Sequence[str]
+    out_dir: Path,
+    name: str,
+    rows: list[dict[str, Any]],
+    order: Sequence[Any] | None = None,
+    *,
+    key: Callable[[dict[str, Any]], Any] = lambda row: row["recipe"],
 ) -> list[dict[str, Any]]:
-    """`rows` plus the rows of `<out_dir>/<name>.json` whose recipe this run did not re-measure, in `order`."""
+    """`rows` plus the rows of `<out_dir>/<name>.json` whose `key` this run did not re-measure: the kept rows
+    first, or all of them in the order of their keys in `order`."""
     previous = out_dir / f"{name}.json"
     if not previous.exists():
         return rows
-    done = {r["recipe"] for r in rows}
-    kept = [r for r in json.loads(previous.read_text())["rows"] if r["recipe"] not in done]
-    return sorted(kept + rows, key=lambda r: list(order).index(r["recipe"]))
+    done = {key(r) for r in rows}
+    merged = [r for r in json.loads(previous.read_text())["rows"] if key(r) not in done] + rows
+    return merged if order is None else sorted(merged, key=lambda r: list(order).index(key(r)))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import write_results
+from benchmarks.report import merge_with_previous, write_results
 from dpstack.policy.runtime import read_export_metadata
 
 RESULTS = Path(__file__).parent / "results"
@@ -379,11 +379,7 @@ def main() -> None:
         command += f"--rates {args.rates} --seconds {args.seconds:g}"
         for row in rows:  # each row keeps the command that measured it when later runs add or replace rows
             row["command"] = command
-        previous = RESULTS / "ros_rate.json"
-        if previous.exists():
-            done = {(r["model"], r["rate_hz"]) for r in rows}
-            kept = [r for r in json.loads(previous.read_text())["rows"] if (r["model"], r["rate_hz"]) not in done]
-            rows = [*kept, *rows]
+        rows = merge_with_previous(RESULTS, "ros_rate", rows, key=lambda r: (r["model"], r["rate_hz"]))
         write_results(RESULTS, "ros_rate", rows, columns, {**meta, "seconds": args.seconds, "command": command})
 
 

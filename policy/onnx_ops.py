@@ -5,7 +5,7 @@ arithmetic (README "One call per tick"). Three modules decide what can change wi
 network (profile of the U-Net's one-call tick, ONNX Runtime 1 thread):
 
 - `nn.Mish` exports as one Mish node that ONNX Runtime expands to Softplus, Tanh and Mul; its Softplus
-  kernel is scalar and was ~13% of the call. `OnnxMish` uses one Exp instead, in six nodes:
+  kernel is scalar and was ~13% of the call (a development profile). `OnnxMish` uses one Exp instead, in six nodes:
   tanh(softplus(x)) = n / (n + 2) = 1 / (1 + 2 / n) with n = e^x (e^x + 2), exactly. The last form needs
   no clamp: where n overflows to inf it gives x, where it underflows to 0 it gives 0 (so does Mish).
 - `nn.GroupNorm` exports with runtime shape arithmetic (Shape, Gather, Concat around its reshapes,

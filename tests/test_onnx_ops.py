@@ -1,4 +1,4 @@
-"""The export's spellings of Mish and GroupNorm: equal to PyTorch's, and what the exported graphs contain."""
+"""The export's spellings of Mish, GroupNorm and Conv1d: equal to PyTorch's, and what the exported graphs contain."""
 
 from __future__ import annotations
 

@@ -24,10 +24,12 @@ default for its Gym setting (../shared/reference.md section 4), scaled to this m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,8 @@ class DPPOConfig:
     rollout_threads: int | None = field(
         default=None,
         metadata={
-            "help": "torch threads of the rollouts' and evaluations' policy calls (None: see rollout_thread_count)"
+            "help": "torch threads of the rollouts' and evaluations' small-batch policy calls (None: 1 under "
+            "OMP_WAIT_POLICY=PASSIVE, where waking sleeping threads costs more than they save; else threads)"
         },
     )
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda: the networks"})
@@ -196,6 +199,17 @@ def rollout_thread_count(requested: int | None, threads: int, wait_policy: str |
     if requested is not None:
         return requested
     return 1 if (wait_policy or "").upper() == "PASSIVE" else threads
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` torch threads, then restore the count it had."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -> dict[str, Any]:
@@ -293,9 +307,8 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
         # the fine-tuned chain without exploration, deterministic as DPPO evaluates: DDPM's posterior means
         # (DDIM's default eta 0 already is)
         sampler = policy.make_sampler({"deterministic": True}) if cfg.sampler == "ddpm" else None
-        torch.set_num_threads(inference_threads)
-        record = evaluate_policy(policy, spec, sampler)
-        torch.set_num_threads(cfg.threads)
+        with torch_threads(inference_threads):
+            record = evaluate_policy(policy, spec, sampler)
         returns = [e["return"] for e in record["per_episode"]]
         return {"eval_return": float(np.mean(returns)), "eval_return_se": float(np.std(returns) / math.sqrt(len(returns))),
                 "eval_success": record["success_rate"], "eval_score": record["mean_score"]}  # fmt: skip
@@ -322,9 +335,8 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
             # 1. rollout: each tick an exploring chunk and its recorded chain
             rollout_start, timing = time.perf_counter(), {"inference_s": 0.0}
             seed = cfg.seed * 1_000_003 + iteration * 10_007 + world.rank * 100_000_007  # rank: its own envs
-            torch.set_num_threads(inference_threads)
-            batch = rollouts.collect(act, cfg.ticks, seed=seed)
-            torch.set_num_threads(cfg.threads)
+            with torch_threads(inference_threads):
+                batch = rollouts.collect(act, cfg.ticks, seed=seed)
             rollout_s = time.perf_counter() - rollout_start
             rank_steps = int(distributed.sum_over_ranks(torch.tensor(batch.env_steps), world))
             env_steps += rank_steps
