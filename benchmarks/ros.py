@@ -16,9 +16,11 @@ Two parts, each written as JSON + a markdown table under benchmarks/results/:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import threading
@@ -250,55 +252,120 @@ def bench_stress(model: Path, flood_hz: float, flood_s: float, dropout_s: float,
 
 
 # ---------------------------------------------------------------------------------------------- rate
-def bench_rate(models: list[Path], rates: list[float], seconds: float, out: Path) -> list[dict[str, Any]]:
-    """Per model and control rate: one node process for `seconds` at that rate, observations fed at it.
+def bench_rate(
+    models: list[Path], rates: list[float], seconds: float, out: Path, settings: list[str]
+) -> list[dict[str, Any]]:
+    """Per model, node settings and control rate: one node process for `seconds`, observations fed at the rate.
 
+    `settings`: node parameters per variant, each a space-separated "key=value ..." ("" for the defaults).
     Sustained means no deadline miss and every tick's action published (within 1%).
     """
     rows = []
-    for model in models:
+    for model, setting, hz in itertools.product(models, settings, rates):
         sampler = read_export_metadata(model)["sampler"]
-        for hz in rates:
-            node = NodeUnderTest(
-                model, out / f"{model.name}-{hz:g}hz", f"rate_hz={hz}", "diagnostics_period=0.5", "stats_window=1000000"
-            )
-            try:
-                node.wait_until_acting(hz)
-                node.publish_for(1.0, hz)  # settle
-                before = dict(node.diagnostics)
-                first = len(node.actions)
-                start = time.monotonic()
-                node.publish_for(seconds, hz)
-                elapsed = time.monotonic() - start
-                node.publish_for(1.2, hz)  # a diagnostics message covering the run
-                published = sum(1 for t, _ in node.actions[first:] if t <= start + elapsed)
-                misses = int(node.diagnostics["deadline_misses"]) - int(before.get("deadline_misses", 0))
-                row = {
-                    "model": model.name,
-                    "sampler": sampler["name"],
-                    "max_calls_per_tick": sampler.get("max_calls_per_tick", ""),
-                    "rate_hz": hz,
-                    "seconds": round(elapsed, 1),
-                    "actions_per_s": published / elapsed,
-                    "deadline_misses": misses,
-                    "sustained": bool(misses == 0 and published >= 0.99 * hz * elapsed),
-                    **{
-                        k: float(node.diagnostics[k])
-                        for k in (
-                            "tick_latency_p50_ms",
-                            "tick_latency_p99_ms",
-                            "tick_latency_max_ms",
-                            "inference_p50_ms",
-                            "inference_p99_ms",
-                            "inference_max_ms",
-                        )
-                    },
-                }
-            finally:
-                node.close()
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        tag = setting.replace(" ", "_").replace("=", "") or "defaults"
+        node = NodeUnderTest(
+            model,
+            out / f"{model.name}-{tag}-{hz:g}hz",
+            f"rate_hz={hz}",
+            "diagnostics_period=0.5",
+            "stats_window=1000000",
+            *setting.split(),
+        )
+        try:
+            node.wait_until_acting(hz)
+            node.publish_for(1.0, hz)  # settle
+            before = dict(node.diagnostics)
+            first = len(node.actions)
+            start = time.monotonic()
+            node.publish_for(seconds, hz)
+            elapsed = time.monotonic() - start
+            node.publish_for(1.2, hz)  # a diagnostics message covering the run
+            published = sum(1 for t, _ in node.actions[first:] if t <= start + elapsed)
+            misses = int(node.diagnostics["deadline_misses"]) - int(before.get("deadline_misses", 0))
+            row = {
+                "model": model.name,
+                "sampler": sampler["name"],
+                "settings": setting or "defaults",
+                "realtime": node.diagnostics.get("realtime", ""),
+                "max_calls_per_tick": sampler.get("max_calls_per_tick", ""),
+                "rate_hz": hz,
+                "seconds": round(elapsed, 1),
+                "actions_per_s": published / elapsed,
+                "deadline_misses": misses,
+                "sustained": bool(misses == 0 and published >= 0.99 * hz * elapsed),
+                **{
+                    k: float(node.diagnostics[k])
+                    for k in (
+                        "tick_latency_p50_ms",
+                        "tick_latency_p99_ms",
+                        "tick_latency_max_ms",
+                        "inference_p50_ms",
+                        "inference_p99_ms",
+                        "inference_max_ms",
+                    )
+                },
+            }
+        finally:
+            node.close()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
+
+
+def probe_machine(hz: float, seconds: float, work_ms: float = 1.8) -> dict[str, Any]:
+    """The machine's own stalls: a fixed single-threaded numpy workload (element-wise, no BLAS threads, no
+    ROS, no onnxruntime, nothing allocated) every period, at SCHED_FIFO 80 when allowed. A period whose
+    work ends after the next period starts is a miss.
+
+    Runs in the benchmark's process right before the nodes, so a row of the rate table can be read
+    against what the same machine does to plain arithmetic in the same minutes.
+    """
+    from dpstack.ros.realtime import realtime_scheduling, sleep_until
+
+    a = np.ones(1 << 18, np.float32)  # 1 MiB: the work stays in cache, as a warm network call's would
+    product = np.empty_like(a)
+    start = time.perf_counter()
+    repeats = 0
+    while time.perf_counter() - start < 0.2:  # calibrate the workload to `work_ms`
+        np.multiply(a, a, out=product)
+        repeats += 1
+    repeats = max(1, round(repeats * work_ms / 200))
+    status = realtime_scheduling(80)
+    try:
+        period = 1.0 / hz
+        work_ms_list, late_ms, misses = [], [], 0
+        due = time.perf_counter()
+        for _ in range(int(seconds * hz)):
+            due += period
+            sleep_until(due)
+            begin = time.perf_counter()
+            for _ in range(repeats):
+                np.multiply(a, a, out=product)
+            end = time.perf_counter()
+            work_ms_list.append((end - begin) * 1000)
+            late_ms.append((end - due) * 1000)  # as the node's tick latency: from the due time
+            misses += end > due + period
+            due = max(due, end - period)  # a stall skips periods instead of bunching them
+    finally:
+        realtime_scheduling(0)
+    work, times = np.asarray(work_ms_list), np.asarray(late_ms)
+    return {
+        "model": "(machine probe)",
+        "sampler": f"numpy work, {np.median(work):.1f} ms",
+        "settings": status,
+        "rate_hz": hz,
+        "seconds": seconds,
+        "actions_per_s": len(times) / seconds,
+        "deadline_misses": int(misses),
+        "sustained": bool(misses == 0),
+        "tick_latency_p50_ms": float(np.median(times)),
+        "tick_latency_p99_ms": float(np.percentile(times, 99)),
+        "tick_latency_max_ms": float(times.max()),
+        "inference_p50_ms": float(np.median(work)),
+        "inference_p99_ms": float(np.percentile(work, 99)),
+        "inference_max_ms": float(work.max()),
+    }
 
 
 def main() -> None:
@@ -308,6 +375,15 @@ def main() -> None:
     parser.add_argument("--rate-models", type=Path, nargs="*", default=[], help="export dirs for --part rate")
     parser.add_argument("--rates", default="10,50,100,200,500", help="control rates (Hz) for --part rate")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds per rate for --part rate")
+    parser.add_argument(
+        "--probe-hz", type=float, default=200.0, help="rate of the machine probe for --part rate (0: skip it)"
+    )
+    parser.add_argument(
+        "--node-settings",
+        nargs="*",
+        default=[""],
+        help='node parameters per variant for --part rate, e.g. "" "inference_lead=0.004 realtime_priority=80"',
+    )
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--flood-hz", type=float, default=1000.0)
     parser.add_argument("--flood-s", type=float, default=10.0)
@@ -359,10 +435,15 @@ def main() -> None:
         write_results(RESULTS, "ros_stress", rows, columns, meta)
     if args.part == "rate":
         rates = [float(r) for r in args.rates.split(",")]
-        rows = bench_rate(models, rates, args.seconds, args.out / "rate")
+        rows = []
+        if args.probe_hz:
+            rows.append(probe_machine(args.probe_hz, args.seconds))
+            print(json.dumps(rows[-1]), flush=True)
+        rows += bench_rate(models, rates, args.seconds, args.out / "rate", args.node_settings)
         columns = [
             ("model", "model"),
             ("sampler", "sampler"),
+            ("node settings", "settings"),
             ("max calls / tick", "max_calls_per_tick"),
             ("rate Hz", "rate_hz"),
             ("actions / s", "actions_per_s"),
@@ -377,9 +458,12 @@ def main() -> None:
         ]
         command = f"python -m benchmarks.ros --part rate --rate-models {' '.join(map(str, models))} "
         command += f"--rates {args.rates} --seconds {args.seconds:g}"
+        command += f" --probe-hz {args.probe_hz:g} --node-settings " + " ".join(map(shlex.quote, args.node_settings))
         for row in rows:  # each row keeps the command that measured it when later runs add or replace rows
             row["command"] = command
-        rows = merge_with_previous(RESULTS, "ros_rate", rows, key=lambda r: (r["model"], r["rate_hz"]))
+        rows = merge_with_previous(
+            RESULTS, "ros_rate", rows, key=lambda r: (r["model"], r.get("settings", "defaults"), r["rate_hz"])
+        )
         write_results(RESULTS, "ros_rate", rows, columns, {**meta, "seconds": args.seconds, "command": command})
 
 

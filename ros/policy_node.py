@@ -15,6 +15,12 @@ Inference runs on a worker thread: the timer only hands it a snapshot of the his
 computed. Chunks merge with `dpstack.policy.execution.ActionSchedule` (time-indexed, newest wins), as in the
 evaluator. An action that is not ready when the next tick starts is a deadline miss.
 
+A model that infers every tick (one action per tick, e.g. per-action streaming) cannot compute ahead:
+its tick waits for its call. With `inference_lead` the node samples the observation and starts the
+call that long before the action is due, then publishes at the due time, so the action leaves on the
+tick's grid (latency = lateness against the due time) from an observation `inference_lead` older.
+`realtime_priority` runs the executor and inference threads under SCHED_FIFO (`dpstack.ros.realtime`).
+
 Safety: nothing is published while the node is inactive or disabled (`enabled` parameter or the
 `~/enable` service), before every key has been received, or when the oldest newest-message is older
 than `watchdog_timeout` (the watchdog; it then drops the planned actions and sampler state, and the
@@ -27,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import queue
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -57,9 +64,11 @@ from dpstack.ros.messages import (
     parse_mapping,
 )
 from dpstack.ros.parameters import declare_config, read_config
+from dpstack.ros.realtime import realtime_scheduling, sleep_until
 from dpstack.ros.spin import spin_until_shutdown
 
-DYNAMIC_PARAMETERS = ("enabled", "watchdog_timeout")  # take effect at once; the rest at the next configure
+DYNAMIC_PARAMETERS = ("enabled", "watchdog_timeout")
+SWITCH_INTERVAL_S = 0.0005  # see spin_policy_node  # take effect at once; the rest at the next configure
 
 
 @dataclass
@@ -89,6 +98,21 @@ class PolicyNodeConfig:
         metadata={
             "help": "request the next chunk while this many actions are left (as dpstack eval); "
             "-1: 1 when the model's chunk allows it (no tick waits for inference), else 0"
+        },
+    )
+    inference_lead: float = field(
+        default=0.0,
+        metadata={
+            "help": "for a model that infers every tick (1 action per tick): sample the observation and start "
+            "inference this many seconds before the action is due, and publish it when due (wall clock); "
+            "0: at the tick, the action leaves when inference ends"
+        },
+    )
+    realtime_priority: int = field(
+        default=0,
+        metadata={
+            "help": "SCHED_FIFO priority (1-99) for the executor and inference threads (needs CAP_SYS_NICE; "
+            "refused: a warning, and /diagnostics says so); 0: the default scheduler"
         },
     )
     threads: int = field(default=1, metadata={"help": "onnxruntime intra-op threads"})
@@ -169,6 +193,9 @@ class PolicyNode(LifecycleNode):
             self.create_service(Trigger, "~/reset", self._on_reset),
             self.create_service(SetBool, "~/enable", self._on_enable),
         ]
+        self._realtime: dict[str, str] = {}
+        self._executor_tid: int | None = threading.get_native_id() if self.cfg.realtime_priority else None
+        self._apply_realtime("executor")
         self._requests: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="dpstack-inference", daemon=True)
         self._worker.start()
@@ -198,6 +225,27 @@ class PolicyNode(LifecycleNode):
         )
         if cfg.watchdog_timeout <= 0:
             raise ValueError(f"watchdog_timeout must be > 0 s, got {cfg.watchdog_timeout}")
+        if not 0 <= cfg.realtime_priority <= 99:
+            raise ValueError(
+                f"realtime_priority must be in [0, 99] (0: default scheduler), got {cfg.realtime_priority}"
+            )
+        period = 1.0 / (cfg.rate_hz or float(meta["control_hz"]))
+        if cfg.inference_lead and not (
+            0 < cfg.inference_lead < period and self.runtime.actions_per_tick == 1 and not cfg.use_sim_time
+        ):
+            raise ValueError(
+                f"inference_lead={cfg.inference_lead:g} s needs a model that infers every tick (this one executes "
+                f"{self.runtime.actions_per_tick} actions per tick; 1 is required), the wall clock "
+                f"(use_sim_time={cfg.use_sim_time}) and 0 < inference_lead < the period ({period:g} s)"
+            )
+
+    def _apply_realtime(self, thread: str) -> None:
+        """`realtime_priority` for the calling thread; a refusal is logged and reported, not fatal."""
+        if self.cfg.realtime_priority:
+            status = realtime_scheduling(self.cfg.realtime_priority)
+            self._realtime[thread] = status
+            if status.startswith("denied"):
+                self.get_logger().warning(f"realtime_priority={self.cfg.realtime_priority}: {thread} thread {status}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._lock:
@@ -235,6 +283,9 @@ class PolicyNode(LifecycleNode):
             self._requests.put(None)
             self._worker.join(timeout=10)
             self._worker = None
+        if getattr(self, "_executor_tid", None) is not None:  # the executor thread goes on serving others
+            realtime_scheduling(0, self._executor_tid)
+            self._executor_tid = None
         for entity in self._entities:
             if hasattr(entity, "srv_type"):
                 self.destroy_service(entity)
@@ -309,7 +360,7 @@ class PolicyNode(LifecycleNode):
         return "tripped" if now_ns - oldest > self._watchdog_timeout_ns else "ok"
 
     def _control_tick(self) -> None:
-        start = time.perf_counter()
+        start = self._scheduled_start(time.perf_counter())
         now = self.get_clock().now().nanoseconds
         with self._lock:
             if not self._active:
@@ -341,13 +392,22 @@ class PolicyNode(LifecycleNode):
                 self._requested = tick
                 self._requests.put((self._generation, tick, lag, self._history.stacked()))
             action = self._schedule.action_at(tick)
-            if action is None:
-                self._awaiting = (tick, start)
+            if action is None:  # due now, or `inference_lead` from now (the worker publishes it)
+                self._awaiting = (tick, start + self.cfg.inference_lead)
             else:
                 self._publish(action, start)
 
+    def _scheduled_start(self, now: float) -> float:
+        """When this tick was due on the timer's grid (perf_counter time): latencies count a late callback.
+
+        Under sim time the grid is on /clock, not the wall clock: the callback's start stands in.
+        """
+        until_next = None if self.cfg.use_sim_time or self._timer is None else self._timer.time_until_next_call()
+        return now if until_next is None else min(now, now + until_next / 1e9 - self.period_s)
+
     def _work(self) -> None:
         """Inference thread: one request at a time, results merged into the schedule."""
+        self._apply_realtime("inference")
         served_generation = -1
         while True:
             request = self._requests.get()
@@ -374,12 +434,15 @@ class PolicyNode(LifecycleNode):
                 self._inference_ms.append(elapsed)
                 self._requested = None
                 self._schedule.insert(chunk[:, : lag + self.runtime.actions_per_tick], tick)
-                if self._awaiting is not None:
-                    awaited, tick_start = self._awaiting
-                    action = self._schedule.action_at(awaited)
-                    if action is not None:
-                        self._awaiting = None
-                        self._publish(action, tick_start)
+                awaiting = self._awaiting
+                action = None if awaiting is None else self._schedule.action_at(awaiting[0])
+            if action is None:
+                continue
+            sleep_until(awaiting[1])  # `inference_lead`: the action is due at its tick, not before
+            with self._lock:
+                if self._awaiting == awaiting and generation == self._generation and self._active:
+                    self._awaiting = None
+                    self._publish(action, awaiting[1])
 
     def _publish(self, action: np.ndarray, tick_start: float) -> None:
         raw = np.asarray(action[0], np.float32)
@@ -445,6 +508,7 @@ class PolicyNode(LifecycleNode):
                 "lost_messages": self._counts["lost"],
                 "inference_errors": self._counts["inference_errors"],
                 "network_evaluations": self.runtime.network_evaluations if self.runtime is not None else 0,
+                "realtime": ", ".join(f"{k}: {v}" for k, v in getattr(self, "_realtime", {}).items()) or "off",
             }
 
     def _publish_diagnostics(self) -> None:
@@ -470,4 +534,8 @@ class PolicyNode(LifecycleNode):
 
 def spin_policy_node(cfg: PolicyNodeConfig) -> int:
     """Run the node until SIGINT/SIGTERM; with `autostart`, configure and activate it first."""
+    # Python hands the GIL to a waiting thread only after the switch interval (5 ms by default): the
+    # inference thread, back from onnxruntime (which releases the GIL), would wait that long on a busy
+    # executor thread. Half a millisecond keeps a 200 Hz tick inside its period.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return spin_until_shutdown(lambda: PolicyNode(cfg))

@@ -352,3 +352,50 @@ def test_node_runs_the_one_call_per_tick_sampler(robot_factory: Any, per_action_
     assert abs(stats["network_evaluations"] - stats["actions_published"]) <= 1, stats
     assert stats["tick_latency_max_ms"] >= stats["tick_latency_p99_ms"] >= stats["tick_latency_p50_ms"] > 0
     assert stats["inference_max_ms"] >= stats["inference_p50_ms"] > 0
+
+
+def test_inference_lead_publishes_on_the_tick_grid(robot_factory: Any, per_action_export: Path) -> None:
+    lead = 0.03
+    robot = robot_factory(per_action_export, rate_hz=20.0, inference_lead=lead)
+    ticks: list[float] = []
+    control_tick = robot.node._control_tick
+
+    def recorded_tick() -> None:  # the timer is created at activation from this attribute
+        ticks.append(time.monotonic())
+        control_tick()
+
+    robot.node._control_tick = recorded_tick  # type: ignore[method-assign]
+    robot.start()
+    robot.publish(2.0)
+    stats = robot.node.stats()
+    assert stats["actions_published"] >= 25 and stats["deadline_misses"] == 0, stats
+    # every action leaves `lead` after the tick that sampled its observation, not when inference ends
+    delays = [arrival - max(t for t in ticks if t <= arrival) for arrival, _ in robot.actions[1:]]
+    assert lead - 0.002 <= np.median(delays) <= lead + 0.015, np.median(delays)
+    # latency counts from the due time: a published action was due `lead` after its tick
+    assert stats["tick_latency_p50_ms"] < 1000 * lead / 2, stats
+
+
+def test_inference_lead_and_realtime_priority_are_checked(
+    robot_factory: Any, exports: dict[str, Path], per_action_export: Path
+) -> None:
+    chunked = robot_factory(exports["ddim"], node_name="lead_chunked", inference_lead=0.01)
+    assert chunked.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "needs a model that infers every tick (this one executes 5 actions per tick" in chunked.node.configure_error
+    too_long = robot_factory(per_action_export, node_name="lead_long", rate_hz=20.0, inference_lead=0.05)
+    assert too_long.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "0 < inference_lead < the period (0.05 s)" in too_long.node.configure_error
+    bad_priority = robot_factory(per_action_export, node_name="rt_bad", realtime_priority=100)
+    assert bad_priority.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert "realtime_priority must be in [0, 99]" in bad_priority.node.configure_error
+
+    robot = robot_factory(per_action_export, node_name="rt_policy", rate_hz=20.0, realtime_priority=1)
+    robot.start()  # configure runs in this thread: it stands in for the executor's
+    robot.publish(0.5)
+    realtime = robot.node.stats()["realtime"]
+    granted = realtime == "executor: SCHED_FIFO 1, inference: SCHED_FIFO 1"
+    assert granted or realtime.count("denied") == 2, realtime
+    assert os.sched_getscheduler(0) == (os.SCHED_FIFO if granted else os.SCHED_OTHER)
+    assert robot.node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert robot.node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # handed back with the model
