@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import queue
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -67,8 +66,7 @@ from dpstack.ros.parameters import declare_config, read_config
 from dpstack.ros.realtime import realtime_scheduling, sleep_until
 from dpstack.ros.spin import spin_until_shutdown
 
-DYNAMIC_PARAMETERS = ("enabled", "watchdog_timeout")
-SWITCH_INTERVAL_S = 0.0005  # see spin_policy_node  # take effect at once; the rest at the next configure
+DYNAMIC_PARAMETERS = ("enabled", "watchdog_timeout")  # take effect at once; the rest at the next configure
 
 
 @dataclass
@@ -534,8 +532,4 @@ class PolicyNode(LifecycleNode):
 
 def spin_policy_node(cfg: PolicyNodeConfig) -> int:
     """Run the node until SIGINT/SIGTERM; with `autostart`, configure and activate it first."""
-    # Python hands the GIL to a waiting thread only after the switch interval (5 ms by default): the
-    # inference thread, back from onnxruntime (which releases the GIL), would wait that long on a busy
-    # executor thread. Half a millisecond keeps a 200 Hz tick inside its period.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return spin_until_shutdown(lambda: PolicyNode(cfg))
