@@ -47,6 +47,8 @@ LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
     "ddpm-100": ("ddpm-100", "standard", DDPMOptions()),
     "ddim-10": ("ddim-10", "standard", DDIMOptions(num_inference_steps=10)),
     "ddim-4": ("ddim-4", "standard", DDIMOptions(num_inference_steps=4)),
+    "ddim-8": ("ddim-8", "standard", DDIMOptions(num_inference_steps=8)),
+    "ddim-8-trailing": ("ddim-8, trailing levels", "standard", DDIMOptions(num_inference_steps=8, spacing="trailing")),
     "rti-1": ("rti [2,1,0], 1 action/tick", "standard", RTIOptions(actions_per_tick=1)),
     "rti-calibrated": (
         "rti [7,1,0] (dpstack rti calibrate), 1 action/tick",
@@ -65,6 +67,12 @@ LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
     "per-action-ddpm": ("ddpm-100 on the per-action streaming policy", "per_action", DDPMOptions()),
     "consistency-1": ("consistency-1 (distilled from the standard policy)", "distilled", ConsistencyOptions()),
     "consistency-2": ("consistency-2 [90, 50]", "distilled", ConsistencyOptions(timesteps=[90, 50])),
+    "consistency-4": ("consistency-4 [90, 70, 50, 30]", "distilled", ConsistencyOptions(timesteps=[90, 70, 50, 30])),
+    "consistency-8": (
+        "consistency-8 [90, 80, ..., 20]",
+        "distilled",
+        ConsistencyOptions(timesteps=[90, 80, 70, 60, 50, 40, 30, 20]),
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dpstack.errors import ConfigError
 from dpstack.features import Feature
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
@@ -207,6 +208,25 @@ def test_ddpm_mean_takes_each_posterior_mean_and_ignores_the_step_noise() -> Non
     assert not torch.allclose(ancestral.sample(denoiser, cond, noise), ancestral.sample(denoiser, cond, other_steps))
     other_start = torch.cat([torch.randn_like(noise[:1]), noise[1:]])
     assert not torch.allclose(x, mean.sample(denoiser, cond, other_start))  # x_T still matters
+
+
+def test_ddim_spacing_picks_the_levels_the_denoiser_sees() -> None:
+    window = SamplerWindow(SCHEDULE, 8, 2, 4)
+    seen: dict[str, list[int]] = {}
+    for spacing in ("leading", "trailing"):
+        sampler = DDIMOptions(num_inference_steps=8, spacing=spacing).build(window)
+
+        def denoiser(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, spacing: str = spacing) -> torch.Tensor:
+            seen.setdefault(spacing, []).append(int(t[0]))
+            return zero_target_denoiser(x, t, cond)
+
+        x = sampler.sample(denoiser, torch.zeros(2, 3), torch.randn(sampler.noise_shape(2, 8, 2)))
+        assert x.abs().max() < 1e-4  # the oracle's clean sample, whatever the levels
+    assert seen["leading"] == [84, 72, 60, 48, 36, 24, 12, 0]
+    assert seen["trailing"] == [99, 86, 74, 61, 49, 36, 24, 11]
+    assert DDIMOptions(num_inference_steps=8, spacing="trailing").build(window).name == "ddim-8-trailing"
+    with pytest.raises(ConfigError, match="sampler.spacing must be 'leading' or 'trailing', got 'middle'"):
+        DDIMOptions(spacing="middle").build(window)
 
 
 @pytest.mark.parametrize("name", ["streaming", "rti"])

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from dpstack.errors import ConfigError
 from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
 
@@ -51,7 +52,8 @@ class ChunkSampler:
     @property
     def name(self) -> str:
         kind = "ddpm" if isinstance(self.scheduler, DDPMScheduler) else "ddim"
-        return f"{kind}{'' if self.step_noise else '-mean'}-{self.num_inference_steps}"
+        spacing = "" if self.spacing == "leading" else f"-{self.spacing}"
+        return f"{kind}{'' if self.step_noise else '-mean'}-{self.num_inference_steps}{spacing}"
 
     @property
     def nfe_per_chunk(self) -> int:
@@ -118,7 +120,16 @@ class DDIMOptions:
     num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: 10)"})
     eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)"})
     actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP})
+    spacing: str = field(
+        default="leading",
+        metadata={
+            "help": "levels: leading (Diffusion Policy's; multiples of T // n, e.g. 84, 72, ..., 0 for 8 of 100) "
+            "or trailing (from T - 1 down, e.g. 99, 86, ..., 11: the first step starts from pure noise)"
+        },
+    )
 
     def build(self, window: SamplerWindow) -> ChunkSampler:
+        if self.spacing not in ("leading", "trailing"):
+            raise ConfigError(f"sampler.spacing must be 'leading' or 'trailing', got {self.spacing!r}")
         sampler = make_sampler("ddim", window.schedule, self.num_inference_steps, self.eta)
-        return ChunkSampler(sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick)
+        return ChunkSampler(sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick, self.spacing)
