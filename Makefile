@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-floor bench-ros-rate bench-train bench-planners bench-rollout bench-rl clean
+.PHONY: setup demo test lint lint-imports check-install bench bench-data bench-experts bench-samplers bench-export bench-ros bench-floor bench-ros-rate bench-few-step bench-train bench-planners bench-rollout bench-rl clean
 
 # torch goes first, pinned to the CPU wheel this machine keeps on disk: letting pip resolve `torch`
 # itself would download a multi-GB CUDA build. The stamp file re-runs setup when pyproject changes.
@@ -67,7 +67,15 @@ bench-floor: setup
 
 bench-ros-rate: setup
 	$(PY) -m benchmarks.ros --part rate --rate-models runs/bench-export/pusht-streaming-15-start1 \
-		runs/bench-export/pusht-ddim-4 --rates 10,50,100,200,500 --seconds 60
+		runs/bench-export/pusht-ddim-4 --rates 10,50,100,200,500 --seconds 60 \
+		--node-settings "" "realtime_priority=80"
+	$(PY) -m benchmarks.ros --part rate --rate-models runs/bench-export/pusht-streaming-15-start1 \
+		--rates 10,50,100,200 --seconds 60 --probe-hz 0 --node-settings "inference_lead=0.004 realtime_priority=80"
+
+# few-step quality, paired with DDPM-100 on two seed blocks (a standard run and its consistency student)
+DISTILLED ?= runs/pusht-consistency
+bench-few-step: setup
+	$(PY) -m benchmarks.few_step --standard $(SAMPLERS_STANDARD) --distilled $(DISTILLED) --seeds 100000,200000
 
 # training steps/s against the reference Diffusion Policy loop (side venv: ../shared/peers/README.md)
 REF_PYTHON ?= /tmp/refvenv/bin/python
