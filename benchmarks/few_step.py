@@ -10,7 +10,8 @@ DDPM-100 is taken episode by episode (paired) and reported with its standard err
         --seeds 100000,200000 --episodes 50
 
 An existing eval.json under --out is reused (`--fresh` re-runs it). Rows go to
-benchmarks/results/few_step.json and few_step.md.
+benchmarks/results/few_step.json and few_step.md, merged with the rows of earlier runs by (sampler,
+checkpoint, first seed).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import write_results
+from benchmarks.report import merge_with_previous, write_results
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = "ddpm-100"
@@ -99,6 +100,7 @@ def main() -> None:
             )
     columns = [
         ("sampler", "sampler"),
+        ("checkpoint", "checkpoint"),
         ("first seed", "first_seed"),
         ("episodes", "episodes"),
         ("NFE / action (measured)", "nfe_per_action"),
@@ -109,6 +111,13 @@ def main() -> None:
         ("paired SE", "diff_se"),
     ]
     command = "python -m benchmarks.few_step " + shlex.join(sys.argv[1:])
+    for row in rows:
+        row["benchmark_command"] = command
+    # rows of other checkpoints (e.g. a longer-distilled student) measured by earlier runs are kept
+    rows = merge_with_previous(
+        RESULTS, "few_step", rows, key=lambda r: (r["sampler"], r["checkpoint"], r["first_seed"])
+    )
+    rows.sort(key=lambda r: (r["first_seed"], list(LINEUP).index(r["sampler"]), r["checkpoint"]))
     write_results(RESULTS, "few_step", rows, columns, {"command": command, "reference": REFERENCE})
 
 
