@@ -225,7 +225,7 @@ def test_ddim_spacing_picks_the_levels_the_denoiser_sees() -> None:
     assert seen["leading"] == [84, 72, 60, 48, 36, 24, 12, 0]
     assert seen["trailing"] == [99, 86, 74, 61, 49, 36, 24, 11]
     assert DDIMOptions(num_inference_steps=8, spacing="trailing").build(window).name == "ddim-8-trailing"
-    with pytest.raises(ConfigError, match="sampler.spacing must be 'leading' or 'trailing', got 'middle'"):
+    with pytest.raises(ConfigError, match=r"sampler\.spacing must be 'leading' or 'trailing', got 'middle'"):
         DDIMOptions(spacing="middle").build(window)
 
 
