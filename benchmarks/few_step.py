@@ -73,13 +73,13 @@ def main() -> None:
     keys = [k for k in LINEUP if not args.only or k in args.only.split(",") or k == REFERENCE]
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        reference, _ = evaluate(REFERENCE, args.standard, seed, args)
-        ref_scores = np.array([e["score"] for e in reference["per_episode"]])
+        reference = evaluate(REFERENCE, args.standard, seed, args)
+        ref_scores = np.array([e["score"] for e in reference[0]["per_episode"]])
         for key in keys:
             if not checkpoints[LINEUP[key][0]]:
                 print(f"skip {key}: no --{LINEUP[key][0]} checkpoint")
                 continue
-            record, command = evaluate(key, checkpoints[LINEUP[key][0]], seed, args)
+            record, command = reference if key == REFERENCE else evaluate(key, checkpoints[LINEUP[key][0]], seed, args)
             scores = np.array([e["score"] for e in record["per_episode"]])
             diff = scores - ref_scores
             n = len(scores)

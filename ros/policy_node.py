@@ -139,6 +139,8 @@ class PolicyNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._entities: list[Any] = []
         self._active = False
+        self._realtime: dict[str, str] = {}  # thread -> its scheduling (`realtime_priority`)
+        self._executor_tid: int | None = None  # the executor thread raised to SCHED_FIFO, restored at release
         self._reset_counters()
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diagnostics_timer = self.create_timer(  # wall clock: reports go on while sim time is paused
@@ -191,8 +193,8 @@ class PolicyNode(LifecycleNode):
             self.create_service(Trigger, "~/reset", self._on_reset),
             self.create_service(SetBool, "~/enable", self._on_enable),
         ]
-        self._realtime: dict[str, str] = {}
-        self._executor_tid: int | None = threading.get_native_id() if self.cfg.realtime_priority else None
+        self._realtime = {}
+        self._executor_tid = threading.get_native_id() if self.cfg.realtime_priority else None
         self._apply_realtime("executor")
         self._requests: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="dpstack-inference", daemon=True)
@@ -281,7 +283,7 @@ class PolicyNode(LifecycleNode):
             self._requests.put(None)
             self._worker.join(timeout=10)
             self._worker = None
-        if getattr(self, "_executor_tid", None) is not None:  # the executor thread goes on serving others
+        if self._executor_tid is not None:  # the executor thread goes on serving others
             realtime_scheduling(0, self._executor_tid)
             self._executor_tid = None
         for entity in self._entities:
@@ -506,7 +508,7 @@ class PolicyNode(LifecycleNode):
                 "lost_messages": self._counts["lost"],
                 "inference_errors": self._counts["inference_errors"],
                 "network_evaluations": self.runtime.network_evaluations if self.runtime is not None else 0,
-                "realtime": ", ".join(f"{k}: {v}" for k, v in getattr(self, "_realtime", {}).items()) or "off",
+                "realtime": ", ".join(f"{k}: {v}" for k, v in self._realtime.items()) or "off",
             }
 
     def _publish_diagnostics(self) -> None:

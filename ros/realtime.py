@@ -22,7 +22,7 @@ def realtime_scheduling(priority: int, thread_id: int = 0) -> str:
     policy, param = (os.SCHED_FIFO, priority) if priority else (os.SCHED_OTHER, 0)
     try:
         os.sched_setscheduler(thread_id, policy, os.sched_param(param))
-    except (PermissionError, OSError) as exc:
+    except OSError as exc:  # EPERM without CAP_SYS_NICE
         return f"denied ({exc.strerror or exc}: needs root, CAP_SYS_NICE or an rtprio limit)"
     return f"SCHED_FIFO {priority}" if priority else "default"
 
