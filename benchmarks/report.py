@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +23,21 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def machine() -> str:
+    """The CPU model, its wide-vector extensions and the core count, recorded with every result: these shared
+    machines change between sessions, and the extensions decide what fp32 / bf16 arithmetic costs."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = cpuinfo.read().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    except OSError:
+        pass
+    extensions = [name for name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if name in flags]
+    return f"{model} ({' '.join(extensions) or 'no AVX2'}), {os.cpu_count()} cores"
+
+
 def write_results(
     out_dir: Path,
     name: str,
@@ -31,7 +48,7 @@ def write_results(
     """Write `<out_dir>/<name>.json` (every row and `meta`) and `<out_dir>/<name>.md` (chosen columns; a row
     without a column leaves its cell empty)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "dpstack_version": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    meta = {"machine": machine(), **meta, "dpstack_version": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     json_path = out_dir / f"{name}.json"
     json_path.write_text(json.dumps({"benchmark": name, "meta": meta, "rows": list(rows)}, indent=2) + "\n")
     lines = [
