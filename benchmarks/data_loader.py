@@ -12,7 +12,6 @@ trainer's `batch_loader`), alternating. Medians of repeated runs.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from benchmarks.report import write_results
+from benchmarks.report import machine, write_results
 from dpstack.data.dataset import SequenceDataset, batch_loader
 from dpstack.data.store import EpisodeStore
 
@@ -137,7 +136,7 @@ def main() -> None:
             "batches_per_run": batches,
             "repeats": repeats,
             "quick": args.quick,
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine(),
             "torch_threads": 1,
         },
     )

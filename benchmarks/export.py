@@ -14,7 +14,6 @@ task's seeds, to compare with `benchmarks/samplers` (PyTorch, same seeds).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from benchmarks.report import merge_with_previous, write_results
+from benchmarks.report import machine, merge_with_previous, write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_exported
@@ -42,6 +41,8 @@ LINEUP = {
     "per-action streaming-15, one-call start": ("per_action", StreamingOptions(start_steps=1)),
     "consistency-1": ("distilled", ConsistencyOptions()),
     "consistency-2": ("distilled", ConsistencyOptions(timesteps=[90, 50])),
+    "consistency-4": ("distilled", ConsistencyOptions(timesteps=[90, 70, 50, 30])),
+    "consistency-8": ("distilled", ConsistencyOptions(timesteps=[90, 80, 70, 60, 50, 40, 30, 20])),
 }
 
 
@@ -177,13 +178,12 @@ def main() -> None:
         "episodes": args.episodes,
         "batch": 1,
         "threads": 1,
-        "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
     meta["command"] = "python -m benchmarks.export " + " ".join(sys.argv[1:])
     for row in rows:  # each row keeps the command that measured it; rows of other samplers stay from their runs
-        row["command"], row["date"] = meta["command"], time.strftime("%Y-%m-%d %H:%M:%S")
+        row["command"], row["date"], row["machine"] = meta["command"], time.strftime("%Y-%m-%d %H:%M:%S"), machine()
     rows = merge_with_previous(RESULTS, "export", rows, key=lambda r: (r["task"], r["sampler"]))
     write_results(RESULTS, "export", rows, columns, meta)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.policies import DPSTACK, run_command
-from benchmarks.report import write_results
+from benchmarks.report import machine, write_results
 from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
@@ -257,7 +256,7 @@ def main() -> None:
     meta = {
         "command": "python -m benchmarks.finetune "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": machine(),
         "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands."
         " Success and score (manipulation): over the same seeds. Push-T's returns sum the reward each checkpoint"
         " carries (DPPO's: `progress`, the others: coverage), so its return ratios are empty.",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,7 +152,7 @@ def _variants(
 def main() -> None:
     import onnx
 
-    from benchmarks.report import write_results
+    from benchmarks.report import machine, write_results
     from dpstack.envs.registry import task_spec
     from dpstack.methods import load_policy
     from dpstack.policy.export import DEFAULT_OPSET, export_policy
@@ -262,7 +261,7 @@ def main() -> None:
             "batch": 1,
             "floor_1_thread": floors[1],
             "floor_2_threads": floors[2],
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": machine(),
             "command": f"python -m benchmarks.floor --checkpoint {args.checkpoint} --calls {args.calls} --block {args.block}",
         },
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 from pathlib import Path
 from typing import Any
@@ -283,7 +282,7 @@ def main() -> None:
             ("plan max step", "plan_max_step"),
             ("data step p99", "data_step_p99"),
         ],
-        meta={"machine": platform.machine(), "device": "cpu", "torch_threads": 2},
+        meta={"device": "cpu", "torch_threads": 2},
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
@@ -139,7 +138,7 @@ def main() -> None:
             ("tick p50 ms", "tick_ms_p50"),
             ("tick p99 ms", "tick_ms_p99"),
         ],
-        meta={"machine": platform.machine(), "cpu_threads": 1},
+        meta={"cpu_threads": 1},
     )
 
 

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.report import write_results
+from benchmarks.report import machine, write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
@@ -172,7 +171,7 @@ def merge_and_write(rows: list[dict[str, Any]], episodes: int, threads: int) -> 
             "episodes": episodes,
             "threads": threads,
             "batch": 1,
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": machine(),
             "torch": torch.__version__,
         },
     )

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import write_results
+from benchmarks.report import machine, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
@@ -356,7 +355,7 @@ def part_scaling(args: argparse.Namespace) -> None:
             "store": str(args.store),
             "steps": args.scaling_steps,
             "cores": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine(),
         },
     )
 
