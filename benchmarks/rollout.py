@@ -11,7 +11,11 @@ For each task and N (environments), measured side by side in one run (median of 
 
     python -m benchmarks.rollout [--tasks pusht,hopper] [--envs 1,8,16,32] [--steps 4000]
 
-Writes benchmarks/results/rollout.{json,md}.
+Writes benchmarks/results/rollout.{json,md}. `--overhead` instead measures where the per-step time of each
+path goes, with a simulator that does nothing (`NullEnv`: a Hopper-shaped observation, TaskEnv's info),
+so the layers' own Python costs show without the simulator's noise: microseconds per env step of the bare
+vector env, the old eval path, `ChunkEnv.step` alone, a vector env of `ChunkEnv`s, and the harness
+(benchmarks/results/rollout_overhead.{json,md}).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
@@ -30,7 +35,7 @@ from gymnasium.vector import AutoresetMode
 from benchmarks.report import machine, write_results
 from dpstack.envs.registry import make_env, task_spec
 from dpstack.policy.execution import RecedingHorizon
-from dpstack.policy.rollout import Rollouts, RolloutSpec
+from dpstack.policy.rollout import ChunkEnv, Rollouts, RolloutSpec
 from dpstack.tasks import TaskConfig
 
 CHUNK = {"pusht": 8, "hopper": 1}
@@ -92,6 +97,86 @@ def old_eval_path(task: TaskConfig, n: int, mode: str, steps: int) -> float:
     return ticks * n / elapsed
 
 
+class NullEnv(gym.Env):
+    """A simulator that does nothing: Hopper's observation shape and TaskEnv's info, episodes of 1000 steps."""
+
+    def __init__(self) -> None:
+        self.observation_space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (11,), np.float32)})
+        self.action_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+        self.task_spec = task_spec(TaskConfig(name="hopper"))
+        self._obs, self._t = {"state": np.zeros(11, np.float32)}, 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # type: ignore[override]
+        self._t = 0
+        return self._obs, {"return": 0.0, "score": 0.0, "is_success": False}
+
+    def step(self, action: np.ndarray):  # type: ignore[override]
+        self._t += 1
+        return self._obs, 1.0, False, self._t >= 1000, {"return": 1.0, "score": 0.0, "is_success": False}
+
+
+def overhead(n: int, ticks: int, repeats: int) -> list[dict]:
+    """Microseconds per env step of each layer over `NullEnv` (1-action ticks, 2 observation steps, sync)."""
+    action, chunk = np.zeros((n, 3), np.float32), np.zeros((n, 1, 3), np.float32)
+
+    def per_step(run: Callable[[], int]) -> float:  # run() returns the env steps it made
+        start = time.perf_counter()
+        steps = run()
+        return (time.perf_counter() - start) / steps * 1e6
+
+    def bare_vector() -> int:
+        envs = gym.vector.SyncVectorEnv([NullEnv] * n, autoreset_mode=AutoresetMode.SAME_STEP)
+        envs.reset(seed=0)
+        for _ in range(ticks):
+            envs.step(action)
+        return ticks * n
+
+    def old_path() -> int:
+        envs = gym.vector.SyncVectorEnv([NullEnv] * n, autoreset_mode=AutoresetMode.SAME_STEP)
+        controller = RecedingHorizon(lambda h: chunk, 2, 1)
+        obs, _ = envs.reset(seed=0)
+        for _ in range(ticks):
+            obs, *_ = envs.step(controller.select_action(obs))
+        return ticks * n
+
+    def chunk_env_alone() -> int:
+        env = ChunkEnv(NullEnv(), 2, 1, 0, True)
+        env.reset(seed=0)
+        for _ in range(ticks * n):
+            env.step(chunk[0])
+        return ticks * n
+
+    def chunk_env_vector() -> int:
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: ChunkEnv(NullEnv(), 2, 1, 0, True, n)] * n, copy=False, autoreset_mode=AutoresetMode.DISABLED
+        )
+        envs.reset(seed=list(range(n)))
+        for _ in range(ticks):
+            envs.step(chunk)
+        return ticks * n
+
+    def harness_collect() -> int:
+        rollouts = Rollouts(RolloutSpec(TaskConfig(name="hopper"), n, 2, 1, vectorization="sync"))
+        rollouts._make = lambda continuous: lambda: ChunkEnv(NullEnv(), 2, 1, 0, continuous, n)
+        rollouts.collect(lambda h: chunk, ticks=1)
+        return rollouts.collect(lambda h: chunk, ticks=ticks).env_steps
+
+    layers = {
+        "bare vector env (SAME_STEP autoreset)": bare_vector,
+        "old eval path (vector env + one RecedingHorizon)": old_path,
+        "ChunkEnv.step alone (one env)": chunk_env_alone,
+        "vector env of ChunkEnvs": chunk_env_vector,
+        "harness (Rollouts.collect)": harness_collect,
+    }
+    runs: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(repeats):  # interleaved, so the machine's drift hits every layer alike
+        for name, run in layers.items():
+            runs[name].append(per_step(run))
+    return [
+        {"layer": name, "num_envs": n, "us_per_env_step": statistics.median(v), "runs": v} for name, v in runs.items()
+    ]
+
+
 def add_paired_ratio(row: dict) -> None:
     """The median of per-repeat harness / old ratios: each pair ran seconds apart, so the machine's drift
     between repeats (up to 2x on these shared cores) cancels, which a ratio of medians does not do."""
@@ -109,8 +194,18 @@ def main() -> None:
     parser.add_argument("--modes", default="sync,async")
     parser.add_argument("--steps", type=int, default=4000, help="env steps per measurement")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--overhead", action="store_true", help="per-layer microseconds per step over NullEnv")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    if args.overhead:
+        n = int(args.envs) if args.envs.isdigit() else 16  # one N here; a list (the default) means 16
+        rows = overhead(n, max(1, args.steps // n), args.repeats)
+        for row in rows:
+            print(row["layer"], round(row["us_per_env_step"], 2), flush=True)
+        command = f"python -m benchmarks.rollout --overhead --envs {n} --steps {args.steps} --repeats {args.repeats}"
+        columns = [("layer", "layer"), ("N", "num_envs"), ("us per env step (median)", "us_per_env_step")]
+        write_results(args.out, "rollout_overhead", rows, columns, {"command": command})
+        return
     rows = []
     for name in args.tasks.split(","):
         task = TaskConfig(name=name, max_steps=300 if name == "pusht" else None)
