@@ -90,6 +90,7 @@ bench-planners: setup
 
 bench-rollout: setup
 	$(PY) -m benchmarks.rollout
+	$(PY) -m benchmarks.rollout --overhead --envs 16 --steps 32000 --repeats 5
 
 bench-rl: setup
 	$(PY) -m benchmarks.rl
