@@ -141,7 +141,7 @@ def part_speed(args: argparse.Namespace) -> None:
         )
     write_results(
         Path(args.out),
-        "train_throughput_speed",
+        args.speed_name,
         summary,
         columns=[
             ("case", "case"),
@@ -372,6 +372,7 @@ def main() -> None:
                         help="gpu: the reference's CUDA driver")  # fmt: skip
     parser.add_argument("--npz", type=Path, default=None, help="gpu: the store already written as .npz")
     parser.add_argument("--npz-script", type=Path, default=PEERS / "store_to_npz.py", help="gpu: store -> npz")
+    parser.add_argument("--speed-name", default="train_throughput_speed", help="speed: results file stem")
     parser.add_argument("--scaling-steps", type=int, default=1200)
     parser.add_argument("--target-val-loss", type=float, default=0.06)
     parser.add_argument("--scaling-ranks", default="1,2", help="scaling: the world sizes to run")
