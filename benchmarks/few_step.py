@@ -85,6 +85,7 @@ def main() -> None:
             n = len(scores)
             rows.append(
                 {
+                    "task": record["task"],
                     "sampler": key,
                     "checkpoint": checkpoints[LINEUP[key][0]],
                     "first_seed": seed,
@@ -99,6 +100,7 @@ def main() -> None:
                 }
             )
     columns = [
+        ("task", "task"),
         ("sampler", "sampler"),
         ("checkpoint", "checkpoint"),
         ("first seed", "first_seed"),
@@ -117,7 +119,17 @@ def main() -> None:
     rows = merge_with_previous(
         RESULTS, "few_step", rows, key=lambda r: (r["sampler"], r["checkpoint"], r["first_seed"])
     )
-    rows.sort(key=lambda r: (r["first_seed"], list(LINEUP).index(r["sampler"]), r["checkpoint"]))
+    for row in rows:  # rows written before the task column were all Push-T's
+        row.setdefault("task", "pusht")
+    rows.sort(
+        key=lambda r: (
+            r["task"] != "pusht",
+            r["task"],
+            r["first_seed"],
+            list(LINEUP).index(r["sampler"]),
+            r["checkpoint"],
+        )
+    )
     write_results(RESULTS, "few_step", rows, columns, {"command": command, "reference": REFERENCE})
 
 
