@@ -83,6 +83,7 @@ REF_CODE ?= /tmp/refdp
 bench-train: setup
 	$(PY) -m benchmarks.train_throughput --part speed --reference-python $(REF_PYTHON) --reference-code $(REF_CODE)
 	$(PY) -m benchmarks.train_throughput --part breakdown
+	$(PY) -m benchmarks.train_throughput --part precision --steps 150
 	$(PY) -m benchmarks.train_throughput --part scaling
 
 bench-planners: setup

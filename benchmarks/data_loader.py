@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from benchmarks.report import machine, write_results
+from benchmarks.report import write_results
 from dpstack.data.dataset import SequenceDataset, batch_loader
 from dpstack.data.store import EpisodeStore
 
@@ -136,7 +136,6 @@ def main() -> None:
             "batches_per_run": batches,
             "repeats": repeats,
             "quick": args.quick,
-            "machine": machine(),
             "torch_threads": 1,
         },
     )

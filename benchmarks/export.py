@@ -24,6 +24,7 @@ import onnxruntime
 import torch
 
 from benchmarks.report import machine, merge_with_previous, write_results
+from benchmarks.samplers import CONSISTENCY_LEVELS
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_exported
@@ -39,10 +40,7 @@ LINEUP = {
     "rti [2,1,0]": ("standard", RTIOptions(first="ddim", num_inference_steps=10)),
     "streaming-15": ("streaming", StreamingOptions()),
     "per-action streaming-15, one-call start": ("per_action", StreamingOptions(start_steps=1)),
-    "consistency-1": ("distilled", ConsistencyOptions()),
-    "consistency-2": ("distilled", ConsistencyOptions(timesteps=[90, 50])),
-    "consistency-4": ("distilled", ConsistencyOptions(timesteps=[90, 70, 50, 30])),
-    "consistency-8": ("distilled", ConsistencyOptions(timesteps=[90, 80, 70, 60, 50, 40, 30, 20])),
+    **{f"consistency-{k}": ("distilled", ConsistencyOptions(timesteps=v)) for k, v in CONSISTENCY_LEVELS.items()},
 }
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import merge_with_previous, write_results
+from benchmarks.samplers import CONSISTENCY_LEVELS
 
 RESULTS = Path(__file__).parent / "results"
 REFERENCE = "ddpm-100"
@@ -38,10 +39,10 @@ LINEUP: dict[str, tuple[str, list[str]]] = {
     "ddim-8": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8"]),
     "ddim-8-trailing": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=trailing"]),
     "ddim-4": ("standard", ["sampler=ddim", "sampler.num_inference_steps=4"]),
-    "consistency-1": ("distilled", ["sampler=consistency", "sampler.timesteps=[90]"]),
-    "consistency-2": ("distilled", ["sampler=consistency", "sampler.timesteps=[90,50]"]),
-    "consistency-4": ("distilled", ["sampler=consistency", "sampler.timesteps=[90,70,50,30]"]),
-    "consistency-8": ("distilled", ["sampler=consistency", "sampler.timesteps=[90,80,70,60,50,40,30,20]"]),
+    **{
+        f"consistency-{k}": ("distilled", ["sampler=consistency", f"sampler.timesteps=[{','.join(map(str, v))}]"])
+        for k, v in CONSISTENCY_LEVELS.items()
+    },
 }
 
 

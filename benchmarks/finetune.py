@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.policies import DPSTACK, run_command
-from benchmarks.report import machine, write_results
+from benchmarks.report import write_results
 from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
@@ -256,7 +256,6 @@ def main() -> None:
     meta = {
         "command": "python -m benchmarks.finetune "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "cpu": machine(),
         "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands."
         " Success and score (manipulation): over the same seeds. Push-T's returns sum the reward each checkpoint"
         " carries (DPPO's: `progress`, the others: coverage), so its return ratios are empty.",

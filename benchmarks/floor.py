@@ -152,7 +152,7 @@ def _variants(
 def main() -> None:
     import onnx
 
-    from benchmarks.report import machine, write_results
+    from benchmarks.report import write_results
     from dpstack.envs.registry import task_spec
     from dpstack.methods import load_policy
     from dpstack.policy.export import DEFAULT_OPSET, export_policy
@@ -261,7 +261,6 @@ def main() -> None:
             "batch": 1,
             "floor_1_thread": floors[1],
             "floor_2_threads": floors[2],
-            "cpu": machine(),
             "command": f"python -m benchmarks.floor --checkpoint {args.checkpoint} --calls {args.calls} --block {args.block}",
         },
     )

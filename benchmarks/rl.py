@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks.experts import random_return
 from benchmarks.policies import DPSTACK, run_command
-from benchmarks.report import machine, write_results
+from benchmarks.report import write_results
 from dpstack.data.store import EpisodeStore
 from dpstack.envs.locomotion import BODIES
 from dpstack.tasks import TaskConfig
@@ -214,7 +214,6 @@ def main() -> None:
     ]
     meta = {
         "command": "python -m benchmarks.rl " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
-        "cpu": machine(),
         "note": "returns are means over episodes with their standard error; seeds from 100000; see each row's commands",
     }
     write_results(args.out, "rl", rows, columns, meta)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from benchmarks.report import machine, write_results
+from benchmarks.report import write_results
 from dpstack.envs.registry import make_env, task_spec
 from dpstack.policy.execution import RecedingHorizon
 from dpstack.policy.rollout import ChunkEnv, Rollouts, RolloutSpec
@@ -252,8 +251,6 @@ def main() -> None:
     meta = {
         "command": "python -m benchmarks.rollout "
         + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "cpu": machine(),
-        "cores": os.cpu_count(),
         "note": "medians of interleaved repeats; constant actions, no network: the rollout layer's own cost",
     }
     write_results(args.out, "rollout", rows, columns, meta)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import machine, merge_with_previous, write_results
+from benchmarks.report import merge_with_previous, write_results
 from dpstack.policy.runtime import read_export_metadata
 
 RESULTS = Path(__file__).parent / "results"
@@ -398,7 +398,6 @@ def main() -> None:
     meta = {
         "model": str(args.model),
         "sampler": read_export_metadata(models[0])["sampler"]["name"],
-        "machine": machine(),
     }
     if args.part in ("loop", "all"):
         rows = bench_loop(args.model, args.episodes, args.out / "loop")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import machine, write_results
+from benchmarks.report import write_results
 from dpstack.envs.registry import task_spec
 from dpstack.methods import load_policy
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
@@ -40,6 +40,15 @@ from dpstack.policy.samplers import (
 from dpstack.tasks import TaskConfig
 
 RESULTS = Path(__file__).parent / "results"
+
+# the consistency student's levels per number of calls: the distillation grid, evenly spaced, fixed before any
+# evaluation; every benchmark's consistency-K row uses these (samplers, export, few_step)
+CONSISTENCY_LEVELS: dict[int, list[int]] = {
+    1: [90],
+    2: [90, 50],
+    4: [90, 70, 50, 30],
+    8: [90, 80, 70, 60, 50, 40, 30, 20],
+}
 
 # key -> (row label, checkpoint: "standard" | "streaming" | "per_action" | "distilled", sampler config)
 LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
@@ -65,13 +74,14 @@ LINEUP: dict[str, tuple[str, str, SamplerOptions]] = {
     "per-action-full-start": ("per-action streaming-15, full start", "per_action", StreamingOptions()),
     "per-action-ddpm": ("ddpm-100 on the per-action streaming policy", "per_action", DDPMOptions()),
     "consistency-1": ("consistency-1 (distilled from the standard policy)", "distilled", ConsistencyOptions()),
-    "consistency-2": ("consistency-2 [90, 50]", "distilled", ConsistencyOptions(timesteps=[90, 50])),
-    "consistency-4": ("consistency-4 [90, 70, 50, 30]", "distilled", ConsistencyOptions(timesteps=[90, 70, 50, 30])),
-    "consistency-8": (
-        "consistency-8 [90, 80, ..., 20]",
-        "distilled",
-        ConsistencyOptions(timesteps=[90, 80, 70, 60, 50, 40, 30, 20]),
-    ),
+    **{
+        f"consistency-{k}": (
+            f"consistency-{k} {CONSISTENCY_LEVELS[k]}",
+            "distilled",
+            ConsistencyOptions(timesteps=CONSISTENCY_LEVELS[k]),
+        )
+        for k in (2, 4, 8)
+    },
 }
 
 
@@ -171,7 +181,6 @@ def merge_and_write(rows: list[dict[str, Any]], episodes: int, threads: int) -> 
             "episodes": episodes,
             "threads": threads,
             "batch": 1,
-            "cpu": machine(),
             "torch": torch.__version__,
         },
     )

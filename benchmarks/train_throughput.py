@@ -10,6 +10,8 @@ machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{j
              reference loop (real-stanford/diffusion_policy, run from ../shared/peers in its own venv).
              Step time = the median of consecutive steps after 20 warm-up steps; dpstack's come from
              metrics.jsonl (`train_s`), so they include its logging and EMA, as the reference's do.
+  precision  one process, fp32 against bf16 autocast, alternating step by step: the training step and one
+             convolution alone.
   breakdown  one process, the phases of a step (data, forward, backward, clipping, optimizer, EMA) with
              each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
   scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
@@ -35,7 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import machine, write_results
+from benchmarks.report import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
@@ -155,6 +157,26 @@ def part_speed(args: argparse.Namespace) -> None:
     )
 
 
+def _pusht_unet(store_path: Path) -> tuple[Any, Any]:
+    """The benchmark's network (`dpstack train`'s default U-Net for Push-T) and its windows, 2 torch threads."""
+    import torch
+
+    from dpstack.config import load_config
+    from dpstack.data.dataset import SequenceDataset
+    from dpstack.data.store import EpisodeStore
+    from dpstack.envs.registry import task_spec
+    from dpstack.methods import build_policy
+    from dpstack.policy.normalizer import Normalizer
+    from dpstack.train import TrainConfig
+
+    torch.set_num_threads(2)
+    cfg = load_config("train", TrainConfig, ["task=pusht", f"dataset={store_path}", "out=unused"])
+    spec, store = task_spec(cfg.task), EpisodeStore.open(store_path)
+    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in spec.features.items()}})
+    policy = build_policy(cfg.policy, spec.features, spec.action_feature, normalizer)
+    return policy, SequenceDataset(store.path, list(spec.features), **policy.data_timing())
+
+
 def part_breakdown(args: argparse.Namespace) -> None:
     """The phases of a training step, the plain PyTorch way and dpstack's way, alternating step by step."""
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # before torch loads OpenMP
@@ -164,21 +186,10 @@ def part_breakdown(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from dpstack.config import load_config
-    from dpstack.data.dataset import SequenceDataset, batch_loader
-    from dpstack.data.store import EpisodeStore
-    from dpstack.envs.registry import task_spec
-    from dpstack.methods import build_policy
+    from dpstack.data.dataset import batch_loader
     from dpstack.policy.module import ema_update
-    from dpstack.policy.normalizer import Normalizer
-    from dpstack.train import TrainConfig
 
-    torch.set_num_threads(2)
-    cfg = load_config("train", TrainConfig, ["task=pusht", f"dataset={args.store}", "out=unused"])
-    spec, store = task_spec(cfg.task), EpisodeStore.open(args.store)
-    normalizer = Normalizer.fit(store, {"action": "minmax", **{k: f.normalize for k, f in spec.features.items()}})
-    policy = build_policy(cfg.policy, spec.features, spec.action_feature, normalizer)
-    dataset = SequenceDataset(store.path, list(spec.features), **policy.data_timing())
+    policy, dataset = _pusht_unet(args.store)
     ema = copy.deepcopy(policy).requires_grad_(False)
 
     def loop_ema(decay: float) -> None:  # the per-parameter loop (Diffusion Policy's EMAModel does this)
@@ -249,6 +260,67 @@ def part_breakdown(args: argparse.Namespace) -> None:
             "dpstack": "batch_loader (one gather per batch); AdamW(fused=True); ema_update (torch._foreach_lerp_)",
             "forward/backward/clip": "the same code in both (clip_grad_norm_ with foreach=True measured no faster); "
             "their differences are noise",
+        },
+    )
+
+
+def part_precision(args: argparse.Namespace) -> None:
+    """fp32 against bf16 autocast on this CPU, alternating step by step in one process: the whole training step
+    (forward, backward, fused AdamW) and, for scale, one of the U-Net's convolutions alone (forward + backward)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # before torch loads OpenMP
+    import time
+
+    import torch
+    from torch.utils.data import RandomSampler
+
+    from dpstack.data.dataset import batch_loader
+
+    policy, dataset = _pusht_unet(args.store)
+    order = RandomSampler(dataset, replacement=True, num_samples=10**7, generator=torch.Generator().manual_seed(0))
+    data = iter(batch_loader(dataset, order, 64))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True)
+    conv = torch.nn.Conv1d(256, 256, 5, padding=2)  # the U-Net's widest convolution, at its batch and length
+    conv_input = torch.randn(64, 256, 4, requires_grad=True)
+
+    def training_step(bf16: bool) -> None:
+        batch = next(data)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = policy.compute_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def convolution(bf16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = conv(conv_input)
+        out.float().sum().backward()
+
+    rows = []
+    for what, run, steps in (("training step", training_step, args.steps), ("one Conv1d 256->256", convolution, 300)):
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(2 * (steps + WARMUP)):
+            bf16 = i % 2 == 1  # alternate, so both see the same machine
+            start = time.perf_counter()
+            run(bf16)
+            if i >= 2 * WARMUP:
+                times[bf16].append(time.perf_counter() - start)
+        fp32_ms, bf16_ms = (statistics.median(times[b]) * 1000 for b in (False, True))
+        rows.append({"what": what, "fp32_ms": fp32_ms, "bf16_ms": bf16_ms, "bf16_speedup": fp32_ms / bf16_ms})
+        print(rows[-1], flush=True)
+    write_results(
+        Path(args.out),
+        "train_throughput_precision",
+        rows,
+        columns=[
+            ("what", "what"),
+            ("fp32 ms (median)", "fp32_ms"),
+            ("bf16 autocast ms", "bf16_ms"),
+            ("fp32 / bf16", "bf16_speedup"),
+        ],
+        meta={
+            "store": str(args.store),
+            "steps_each": args.steps,
+            "command": f"python -m benchmarks.train_throughput --part precision --steps {args.steps}",
         },
     )
 
@@ -354,15 +426,13 @@ def part_scaling(args: argparse.Namespace) -> None:
         meta={
             "store": str(args.store),
             "steps": args.scaling_steps,
-            "cores": os.cpu_count(),
-            "machine": machine(),
         },
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["speed", "breakdown", "scaling", "gpu"], default="speed")
+    parser.add_argument("--part", choices=["speed", "breakdown", "precision", "scaling", "gpu"], default="speed")
     parser.add_argument("--store", type=Path, default=ROOT / "runs" / "pusht200.zarr")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run (after 20 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=2, help="speed: rounds of the interleaved cases")
@@ -389,7 +459,13 @@ def main() -> None:
             f"--reference-python {args.reference_python} / --reference-code {args.reference_code}: not found; "
             f"set them up as {PEERS / 'README.md'} says, or leave them out to measure dpstack alone"
         )
-    parts = {"speed": part_speed, "breakdown": part_breakdown, "scaling": part_scaling, "gpu": part_gpu}
+    parts = {
+        "speed": part_speed,
+        "breakdown": part_breakdown,
+        "precision": part_precision,
+        "scaling": part_scaling,
+        "gpu": part_gpu,
+    }
     parts[args.part](args)
 
 
