@@ -24,7 +24,7 @@ from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from dpstack.policy.rl.chain import ChainOptions, DenoisingChain
 from dpstack.policy.rl.dppo import DPPOConfig, finetune, prepare
-from dpstack.policy.rl.losses import chain_log_prob, clip_coefficients, denoising_discount
+from dpstack.policy.rl.losses import chain_log_prob, clip_coefficients, denoising_discount, peak_log_density
 from dpstack.policy.runtime import OnnxPolicy
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler
 from dpstack.train import TrainConfig, train
@@ -58,6 +58,15 @@ def test_chain_log_prob_is_the_clamped_normal_log_density_averaged_over_executed
     unclamped = chain_log_prob(x_prev, mean, torch.tensor(0.2), 0.1, slice(0, 2), clamp=(-1e9, 1e9))
     expected = torch.distributions.Normal(0.0, 0.2).log_prob(x_prev[0, :2, 0]).mean()
     assert float(unclamped[0]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_peak_log_density_is_the_normal_density_at_its_mean() -> None:
+    for std in (0.01, 0.1, 0.7):
+        assert peak_log_density(std) == pytest.approx(
+            float(torch.distributions.Normal(0.0, std).log_prob(torch.zeros(())))
+        )
+    assert peak_log_density(0.1) == pytest.approx(1.3836, abs=1e-4)  # below DPPO's clamp top of 2
+    assert peak_log_density(0.01) == pytest.approx(3.6862, abs=1e-4)
 
 
 def _tiny_policy(k: int = 10, horizon: int = 4) -> DiffusionPolicy:
@@ -142,6 +151,12 @@ def test_refusals_name_the_key(tmp_path: Path) -> None:
         DPPOConfig(checkpoint="ck", out="x", sampler="streaming")
     with pytest.raises(ConfigError, match="eta: DDIM with eta = 0"):
         DPPOConfig(checkpoint="ck", out="x", sampler="ddim", eta=0.0)
+    # a log-prob floor whose peak density is above the clamp would zero the last step's gradient
+    with pytest.raises(
+        ConfigError, match=r"logprob_max=2.0: with min_logprob_std=0.01 .* 3.69 .* >= 3.69 or min_logprob_std >= 0.054"
+    ):
+        DPPOConfig(checkpoint="ck", out="x", min_sampling_std=0.01, min_logprob_std=0.01)
+    DPPOConfig(checkpoint="ck", out="x", min_sampling_std=0.01, min_logprob_std=0.01, logprob_max=4.0)
     with pytest.raises(ConfigError, match="method 'diffuser' cannot be fine-tuned"):
         planner = torch.nn.Module()
         planner.cfg = PolicyConfig(method="diffuser")

@@ -54,6 +54,7 @@ from dpstack.policy.rl.losses import (
     explained_variance,
     gae,
     normalize,
+    peak_log_density,
     value_loss,
 )
 from dpstack.policy.rl.ppo import TrainingDiverged, scale_rewards
@@ -125,6 +126,15 @@ class DPPOConfig:
             raise ConfigError(f"finetuned_steps must be >= 1, got {self.finetuned_steps}")
         if self.num_envs * self.ticks < 2:
             raise ConfigError("num_envs * ticks must be >= 2")
+        peak = peak_log_density(self.min_logprob_std)
+        if peak > self.logprob_max:
+            floor = math.exp(-self.logprob_max - 0.5 * math.log(2 * math.pi))
+            raise ConfigError(
+                f"logprob_max={self.logprob_max}: with min_logprob_std={self.min_logprob_std} the last denoising "
+                f"step's log-likelihood reaches {peak:.2f} per element, so most of its elements would be clamped "
+                f"and give no gradient; set logprob_max >= {math.ceil(peak * 100) / 100} or min_logprob_std >= "
+                f"{math.ceil(floor * 1000) / 1000}"
+            )
 
 
 class Critic(nn.Module):
