@@ -14,6 +14,8 @@ Reward (``reward=``, what RL maximizes; success and score do not depend on it):
   an agent that hovers just below the threshold collects more of it than one that finishes.
 - ``progress``: the change of that clipped coverage over the step, plus 1 on the step that succeeds. An
   episode's sum is final minus initial coverage plus 1 on success, so finishing is what pays.
+- ``success``: 1 on the step that succeeds, else 0 (sparse, as DPPO's robomimic tasks): an episode's
+  sum is its success, so nothing pays for coverage short of it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ EVAL_SEED = 100_000
 SUCCESS_COVERAGE = 0.95
 
 
-REWARDS = ("coverage", "progress")
+REWARDS = ("coverage", "progress", "success")
 
 
 class PushTEnv(TaskEnv):
@@ -83,6 +85,8 @@ class PushTEnv(TaskEnv):
             potential = float(reward)  # gym-pusht's reward is the clipped coverage
             reward = potential - self._potential + float(info["is_success"])
             self._potential = potential
+        elif self.reward == "success":
+            reward = float(info["is_success"])
         self._max_coverage = max(self._max_coverage, float(info["coverage"]))
         score = min(self._max_coverage / SUCCESS_COVERAGE, 1.0)
         return (

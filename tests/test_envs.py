@@ -89,10 +89,10 @@ def test_pusht_expert_succeeds() -> None:
         assert result["success"] and result["score"] == 1.0, f"seed {seed}: {result}"
 
 
-def test_pusht_progress_reward_sums_to_the_coverage_gained_plus_one_on_success() -> None:
+def test_pusht_progress_reward_sums_to_the_coverage_gained_plus_one_on_success_and_success_is_sparse() -> None:
     """Same actions on both rewards: `coverage` pays gym-pusht's clipped coverage per step, `progress` its change."""
     seed, rewards, infos = 100000, {}, {}
-    for kind in ("coverage", "progress"):
+    for kind in ("coverage", "progress", "success"):
         env = make_env(TaskConfig(name="pusht", env={"reward": kind}))
         expert = make_expert("pusht", np.random.default_rng(seed))
         env.reset(seed=seed)
@@ -108,7 +108,8 @@ def test_pusht_progress_reward_sums_to_the_coverage_gained_plus_one_on_success()
     gained = np.diff([start, *rewards["coverage"]])  # per step, from the same actions
     np.testing.assert_allclose(rewards["progress"], gained + np.eye(len(gained))[-1], atol=1e-9)
     assert sum(rewards["progress"]) == pytest.approx(rewards["coverage"][-1] - start + 1.0)
-    with pytest.raises(ConfigError, match=r"env\.reward must be one of coverage, progress, got 'dense'"):
+    assert rewards["success"] == [0.0] * (len(gained) - 1) + [1.0]  # sparse: only the succeeding step pays
+    with pytest.raises(ConfigError, match=r"env\.reward must be one of coverage, progress, success, got 'dense'"):
         make_env(TaskConfig(name="pusht", env={"reward": "dense"}))
 
 
