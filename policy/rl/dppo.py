@@ -94,7 +94,10 @@ class DPPOConfig:
     noise_clip: float = field(default=3.0, metadata={"help": "clip of the standard-normal draws in rollouts"})
     final_action_clip: float | None = field(default=1.0, metadata={"help": "clip of the sampled chunk (normalized)"})
     logprob_min: float = field(default=-5.0, metadata={"help": "per-element log-likelihood clamp, low"})
-    logprob_max: float = field(default=2.0, metadata={"help": "per-element log-likelihood clamp, high"})
+    logprob_max: float = field(
+        default=2.0,
+        metadata={"help": "per-element log-likelihood clamp, high; >= -log(min_logprob_std) - 0.92 (checked)"},
+    )
     value_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clip of the fine-tuned denoiser"})
     target_kl: float | None = field(default=1.0, metadata={"help": "stop an update's epochs past this KL"})
