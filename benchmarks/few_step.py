@@ -120,8 +120,6 @@ def main() -> None:
     rows = merge_with_previous(
         RESULTS, "few_step", rows, key=lambda r: (r["sampler"], r["checkpoint"], r["first_seed"])
     )
-    for row in rows:  # rows written before the task column were all Push-T's
-        row.setdefault("task", "pusht")
     rows.sort(
         key=lambda r: (
             r["task"] != "pusht",

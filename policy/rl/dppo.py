@@ -131,7 +131,7 @@ class DPPOConfig:
             raise ConfigError("num_envs * ticks must be >= 2")
         peak = peak_log_density(self.min_logprob_std)
         if peak > self.logprob_max:
-            floor = math.exp(-self.logprob_max - 0.5 * math.log(2 * math.pi))
+            floor = math.exp(peak_log_density(1.0) - self.logprob_max)  # the std whose peak is logprob_max
             raise ConfigError(
                 f"logprob_max={self.logprob_max}: with min_logprob_std={self.min_logprob_std} the last denoising "
                 f"step's log-likelihood reaches {peak:.2f} per element, so most of its elements would be clamped "
