@@ -2,7 +2,8 @@
 
 `configs/<name>.yaml` (installed as the package `dpstack.configs`) holds the defaults (and may pull config groups such as `task: pusht`); the
 command's dataclass is the schema: unknown keys, wrong types and missing values are errors that name
-the key. No config runs code (no eval resolvers).
+the key. A field may also declare its range in its metadata (`bounds`: a key's value outside is an
+error that names the key and the range, and `--help` shows it). No config runs code (no eval resolvers).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from dpstack.bounds import check_bounds, describe_bounds
 from dpstack.errors import ConfigError
 
 # The YAML files ship inside the package (`dpstack.configs`), so an installed wheel finds them too.
@@ -68,13 +70,15 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
 
 
 def to_schema(schema: type[T], values: Any, where: str) -> T:
-    """`values` (a mapping) validated against the dataclass `schema`; unknown keys and bad types name the key."""
+    """`values` (a mapping) validated against the dataclass `schema`; unknown keys, bad types and values out
+    of a field's `bounds` name the key."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        check_bounds(schema, OmegaConf.to_container(merged))  # type: ignore[arg-type]
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as exc:
         raise _config_error(exc, schema, where) from None
-    except ValueError as exc:  # raised by a schema's __post_init__ checks
+    except ValueError as exc:  # raised by check_bounds or a schema's __post_init__ checks
         raise ConfigError(f"bad config for {where}: {exc}") from None
 
 
@@ -111,11 +115,9 @@ def describe(config_name: str, schema: type) -> list[tuple[str, str, str]]:
             value = "{" + ", ".join(f"{k}: {v}" for k, v in OmegaConf.to_container(value).items()) + "}"
         elif OmegaConf.is_list(value):
             value = OmegaConf.to_container(value)
+        rule = field.metadata.get("bounds")
+        help_text = field.metadata.get("help", "") + (f" [{describe_bounds(rule)}]" if rule else "")
         rows.append(
-            (
-                field.name,
-                "(required)" if value == "???" else repr(value) if value is None else str(value),
-                field.metadata.get("help", ""),
-            )
+            (field.name, "(required)" if value == "???" else repr(value) if value is None else str(value), help_text)
         )
     return rows

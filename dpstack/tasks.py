@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpstack.bounds import bounds
 from dpstack.features import Feature
 
 
@@ -59,6 +60,6 @@ class TaskConfig:
 
     name: str = "pusht"
     image: bool = False
-    max_steps: int | None = None  # None: the task's own default episode length
+    max_steps: int | None = field(default=None, metadata=bounds(1))  # None: the task's own default episode length
     eval_seed: int = 100_000
     env: dict[str, Any] = field(default_factory=dict)  # extra env arguments, e.g. score references

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from dpstack import distributed
+from dpstack.bounds import bounds
 from dpstack.data.dataset import SequenceDataset, batch_loader
 from dpstack.data.sampler import split_episodes
 from dpstack.data.store import EpisodeStore
@@ -55,26 +56,36 @@ class TrainConfig:
     )
     dataset: str = field(default="???", metadata={"help": "episode store to train on"})
     out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
-    steps: int = field(default=2000, metadata={"help": "optimizer steps in total (the cosine schedule spans them)"})
-    batch_size: int = field(default=64, metadata={"help": "windows per step"})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate"})
-    weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay"})
-    warmup_steps: int = field(default=500, metadata={"help": "linear warm-up steps"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm"})
-    ema_power: float = field(default=0.75, metadata={"help": "EMA warm-up power"})
-    ema_max: float = field(default=0.9999, metadata={"help": "EMA max decay"})
-    val_ratio: float = field(default=0.05, metadata={"help": "fraction of episodes held out for validation"})
-    val_every: int = field(default=500, metadata={"help": "steps between validation losses"})
-    eval_every: int = field(default=0, metadata={"help": "steps between closed-loop evaluations (0: only at the end)"})
-    eval_episodes: int = field(default=10, metadata={"help": "episodes per closed-loop evaluation (0: none)"})
-    eval_envs: int = field(default=2, metadata={"help": "parallel environments for evaluation"})
-    checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    threads: int = field(default=0, metadata={"help": "torch threads (0: all cores; use 1 on a busy machine)"})
+    steps: int = field(
+        default=2000, metadata={"help": "optimizer steps in total (the cosine schedule spans them)", **bounds(1)}
+    )
+    batch_size: int = field(default=64, metadata={"help": "windows per step", **bounds(1)})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW peak learning rate", **bounds(0, open_low=True)})
+    weight_decay: float = field(default=1e-6, metadata={"help": "AdamW weight decay", **bounds(0)})
+    warmup_steps: int = field(default=500, metadata={"help": "linear warm-up steps", **bounds(0)})
+    grad_clip: float = field(default=1.0, metadata={"help": "max gradient norm", **bounds(0, open_low=True)})
+    ema_power: float = field(default=0.75, metadata={"help": "EMA warm-up power", **bounds(0, open_low=True)})
+    ema_max: float = field(default=0.9999, metadata={"help": "EMA max decay", **bounds(0, 1)})
+    val_ratio: float = field(
+        default=0.05, metadata={"help": "fraction of episodes held out for validation", **bounds(0, 1, open_high=True)}
+    )
+    val_every: int = field(default=500, metadata={"help": "steps between validation losses", **bounds(1)})
+    eval_every: int = field(
+        default=0, metadata={"help": "steps between closed-loop evaluations (0: only at the end)", **bounds(0)}
+    )
+    eval_episodes: int = field(
+        default=10, metadata={"help": "episodes per closed-loop evaluation (0: none)", **bounds(0)}
+    )
+    eval_envs: int = field(default=2, metadata={"help": "parallel environments for evaluation", **bounds(1)})
+    checkpoint_every: int = field(default=1000, metadata={"help": "steps between checkpoints", **bounds(1)})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes", **bounds(0)})
+    threads: int = field(
+        default=0, metadata={"help": "torch threads (0: all cores; use 1 on a busy machine)", **bounds(0)}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the shuffling and the noise"})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` exactly where it stopped"})
-    stop_after: int = field(default=0, metadata={"help": "end this run after N steps (0: run to `steps`)"})
+    stop_after: int = field(default=0, metadata={"help": "end this run after N steps (0: run to `steps`)", **bounds(0)})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
     teacher: str = field(
         default="",
@@ -83,8 +94,12 @@ class TrainConfig:
             "student starts as its copy (policy= is ignored) and samples with sampler=consistency"
         },
     )
-    distill_grid: int = field(default=10, metadata={"help": "distillation: noise levels of the teacher's DDIM grid"})
-    target_decay: float = field(default=0.95, metadata={"help": "distillation: EMA decay of the target network"})
+    distill_grid: int = field(
+        default=10, metadata={"help": "distillation: noise levels of the teacher's DDIM grid", **bounds(1)}
+    )
+    target_decay: float = field(
+        default=0.95, metadata={"help": "distillation: EMA decay of the target network", **bounds(0, 1)}
+    )
 
 
 # ---------------------------------------------------------------------- pure pieces (unit-tested)

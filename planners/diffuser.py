@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from dpstack.bounds import bounds
 from dpstack.features import Feature
 from dpstack.planners.diffusion import GuideConfig, TrajectoryDiffusion, inpaint
 from dpstack.planners.value import TrajectoryValue
@@ -85,14 +86,17 @@ class PlanOptions:
     """`sampler=plan`: how the Diffuser planner samples and uses its plans (None: the planner's preset)."""
 
     name: str = "plan"
-    num_inference_steps: int | None = field(default=None, metadata={"help": "DDPM levels (None: all)"})
-    guide_scale: float | None = field(default=None, metadata={"help": "value-guidance scale, 0 unguided"})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "DDPM levels (None: all)", **bounds(1)})
+    guide_scale: float | None = field(default=None, metadata={"help": "value-guidance scale, 0 unguided", **bounds(0)})
     n_samples: int | None = field(
-        default=None, metadata={"help": "plans sampled per decision; the best by value (or first to arrive) runs"}
+        default=None,
+        metadata={"help": "plans sampled per decision; the best by value (or first to arrive) runs", **bounds(1)},
     )
-    replan_every: int | None = field(default=None, metadata={"help": "replan every N ticks, 0 once per episode"})
+    replan_every: int | None = field(
+        default=None, metadata={"help": "replan every N ticks, 0 once per episode", **bounds(0)}
+    )
     stop_at_goal: float | None = field(
-        default=None, metadata={"help": "cut a plan where it first comes this close to the goal, 0 never"}
+        default=None, metadata={"help": "cut a plan where it first comes this close to the goal, 0 never", **bounds(0)}
     )
 
 

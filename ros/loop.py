@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpstack.bounds import bounds
 from dpstack.config import quote_value
 from dpstack.envs.registry import task_spec
 from dpstack.errors import ConfigError, UserError
@@ -41,20 +42,24 @@ class LoopConfig:
     task: TaskConfig | None = field(
         default=None, metadata={"help": "task config group: task=<name> (default: the model's)"}
     )
-    episodes: int = field(default=10, metadata={"help": "episodes (seeds seed, seed+1, ...)"})
+    episodes: int = field(default=10, metadata={"help": "episodes (seeds seed, seed+1, ...)", **bounds(1)})
     seed: int = field(
         default=-1, metadata={"help": "first seed, also the policy's noise seed; -1: the task's eval_seed"}
     )
     real_time_factor: float = field(
-        default=1.0, metadata={"help": "1: real time on the wall clock; >1 faster on /clock; 0: lockstep on /clock"}
+        default=1.0,
+        metadata={"help": "1: real time on the wall clock; >1 faster on /clock; 0: lockstep on /clock", **bounds(0)},
     )
     latency_steps: int = field(
-        default=0, metadata={"help": "the policy node's latency_steps (0 as in dpstack eval; -1: its auto)"}
+        default=0,
+        metadata={"help": "the policy node's latency_steps (0 as in dpstack eval; -1: its auto)", **bounds(-1)},
     )
-    threads: int = field(default=1, metadata={"help": "onnxruntime threads of the policy node"})
+    threads: int = field(default=1, metadata={"help": "onnxruntime threads of the policy node", **bounds(1)})
     domain_id: int = field(default=-1, metadata={"help": "ROS_DOMAIN_ID for the run; -1: a random free-ish one"})
     out: str = field(default="", metadata={"help": "directory for eval.json and the two nodes' logs (optional)"})
-    startup_timeout: float = field(default=120.0, metadata={"help": "seconds to wait for both nodes to come up"})
+    startup_timeout: float = field(
+        default=120.0, metadata={"help": "seconds to wait for both nodes to come up", **bounds(0, open_low=True)}
+    )
 
 
 class _Process:

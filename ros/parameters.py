@@ -15,6 +15,8 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from dpstack.bounds import check_bounds
+
 T = TypeVar("T")
 
 _TYPES = {
@@ -73,4 +75,5 @@ def read_config(node: Node, schema: type[T], **fixed: Any) -> T:
             continue
         value = node.get_parameter(field.name).value
         values[field.name] = list(value) if isinstance(value, list | tuple) or hasattr(value, "tolist") else value
+    check_bounds(schema, values)  # parameters given at launch (--ros-args -p) never passed the set callback
     return schema(**values)

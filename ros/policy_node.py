@@ -50,6 +50,7 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from dpstack.bounds import bounds, bounds_violation
 from dpstack.errors import ModelError
 from dpstack.policy.execution import ActionSchedule, ObservationHistory, resolve_latency_steps
 from dpstack.ros.messages import (
@@ -75,7 +76,7 @@ class PolicyNodeConfig:
 
     model: str = field(default="???", metadata={"help": "directory written by `dpstack export` (policy.json + .onnx)"})
     node_name: str = field(default="dpstack_policy", metadata={"help": "ROS node name"})
-    rate_hz: float = field(default=0.0, metadata={"help": "control rate; 0: the model's control_hz"})
+    rate_hz: float = field(default=0.0, metadata={"help": "control rate; 0: the model's control_hz", **bounds(0)})
     topic_prefix: str = field(default="obs/", metadata={"help": "observation key k is read from <topic_prefix>k"})
     topics: list[str] = field(default_factory=list, metadata={"help": "per-key topic overrides, ['key=/topic', ...]"})
     observation_joints: list[str] = field(
@@ -88,7 +89,11 @@ class PolicyNodeConfig:
     )
     trajectory_topic: str = field(default="joint_trajectory", metadata={"help": "JointTrajectory topic"})
     watchdog_timeout: float = field(
-        default=0.5, metadata={"help": "publish nothing when an observation is older than this (s, node clock)"}
+        default=0.5,
+        metadata={
+            "help": "publish nothing when an observation is older than this (s, node clock)",
+            **bounds(0, open_low=True),
+        },
     )
     enabled: bool = field(default=True, metadata={"help": "gate on all output (also the ~/enable service)"})
     latency_steps: int = field(
@@ -103,20 +108,26 @@ class PolicyNodeConfig:
         metadata={
             "help": "for a model that infers every tick (1 action per tick): sample the observation and start "
             "inference this many seconds before the action is due, and publish it when due (wall clock); "
-            "0: at the tick, the action leaves when inference ends"
+            "0: at the tick, the action leaves when inference ends",
+            **bounds(0),
         },
     )
     realtime_priority: int = field(
         default=0,
         metadata={
             "help": "SCHED_FIFO priority (1-99) for the executor and inference threads (needs CAP_SYS_NICE; "
-            "refused: a warning, and /diagnostics says so); 0: the default scheduler"
+            "refused: a warning, and /diagnostics says so); 0: the default scheduler",
+            **bounds(0, 99),
         },
     )
-    threads: int = field(default=1, metadata={"help": "onnxruntime intra-op threads"})
+    threads: int = field(default=1, metadata={"help": "onnxruntime intra-op threads", **bounds(1)})
     seed: int = field(default=-1, metadata={"help": "seed of the sampler noise; -1: fresh entropy"})
-    diagnostics_period: float = field(default=1.0, metadata={"help": "seconds between /diagnostics messages"})
-    stats_window: int = field(default=1000, metadata={"help": "ticks over which latency percentiles are taken"})
+    diagnostics_period: float = field(
+        default=1.0, metadata={"help": "seconds between /diagnostics messages", **bounds(0, open_low=True)}
+    )
+    stats_window: int = field(
+        default=1000, metadata={"help": "ticks over which latency percentiles are taken", **bounds(1)}
+    )
     autostart: bool = field(default=True, metadata={"help": "configure and activate at launch"})
     use_sim_time: bool = field(default=False, metadata={"help": "follow /clock (ROS convention)"})
 
@@ -153,8 +164,8 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from dpstack.policy.runtime import OnnxPolicy
 
-        self.cfg = read_config(self, PolicyNodeConfig)
         try:
+            self.cfg = read_config(self, PolicyNodeConfig)
             self.runtime = OnnxPolicy(
                 self.cfg.model, threads=self.cfg.threads, seed=None if self.cfg.seed < 0 else self.cfg.seed
             )
@@ -470,6 +481,11 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        fields = {f.name: f for f in dataclasses.fields(PolicyNodeConfig)}
+        for param in params:  # all or nothing: a value out of its field's range refuses the whole set
+            problem = bounds_violation(fields[param.name], param.value) if param.name in fields else None
+            if problem:
+                return SetParametersResult(successful=False, reason=problem)
         for param in params:
             if param.name == "enabled":
                 with self._lock:
@@ -477,8 +493,6 @@ class PolicyNode(LifecycleNode):
                     if not self._enabled and self.runtime is not None:
                         self._restart_episode()
             elif param.name == "watchdog_timeout":
-                if param.value <= 0:
-                    return SetParametersResult(successful=False, reason="watchdog_timeout must be > 0")
                 self._watchdog_timeout_ns = int(param.value * 1e9)
         return SetParametersResult(successful=True)
 

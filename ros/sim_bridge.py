@@ -29,6 +29,7 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
 
+from dpstack.bounds import bounds
 from dpstack.envs.base import TaskEnv
 from dpstack.envs.registry import make_env
 from dpstack.policy.chunk_env import EXTRA_INFO_KEYS
@@ -47,17 +48,23 @@ class SimBridgeConfig:
     seed: int = field(
         default=-1, metadata={"help": "seed of the first episode (then +1 each); -1: the task's eval_seed"}
     )
-    episodes: int = field(default=0, metadata={"help": "episodes to run on their own with autostart (0: no limit)"})
+    episodes: int = field(
+        default=0, metadata={"help": "episodes to run on their own with autostart (0: no limit)", **bounds(0)}
+    )
     autostart: bool = field(default=True, metadata={"help": "start episodes at launch (else wait for ~/reset)"})
     real_time_factor: float = field(
-        default=1.0, metadata={"help": "sim seconds per wall second; 0: lockstep (each step waits for its action)"}
+        default=1.0,
+        metadata={"help": "sim seconds per wall second; 0: lockstep (each step waits for its action)", **bounds(0)},
     )
     publish_clock: bool = field(default=False, metadata={"help": "publish /clock (sim time); forced on in lockstep"})
     topic_prefix: str = field(default="obs/", metadata={"help": "observation key k is published on <topic_prefix>k"})
     action_topic: str = field(default="action", metadata={"help": "std_msgs/Float32MultiArray action topic"})
-    action_timeout: float = field(default=2.0, metadata={"help": "lockstep: wall seconds to wait for an action"})
+    action_timeout: float = field(
+        default=2.0, metadata={"help": "lockstep: wall seconds to wait for an action", **bounds(0, open_low=True)}
+    )
     settle_ms: float = field(
-        default=2.0, metadata={"help": "sim time: wall ms between publishing observations and advancing /clock"}
+        default=2.0,
+        metadata={"help": "sim time: wall ms between publishing observations and advancing /clock", **bounds(0)},
     )
 
 

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from dpstack.bounds import bounds, bounds_violation, check_bounds
 from dpstack.cli import COMMANDS, Command
+from dpstack.config import compose_raw, to_schema
 from dpstack.data.store import EpisodeStore
+from dpstack.errors import ConfigError
+from dpstack.policy.samplers import SAMPLERS, ChunkSampler, DDIMOptions
+from dpstack.policy.schedulers import DDIMScheduler, NoiseSchedule
 from tests.test_robomimic_import import _write_robomimic
 
 DPSTACK = str(Path(sys.executable).with_name("dpstack"))
@@ -89,3 +95,59 @@ def test_import_robomimic_then_info(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["episodes"] == 3
     info = json.loads(dpstack("dataset", "info", str(out)).stdout)
     assert info["keys"]["robot0_eef_pos"]["shape"] == [12, 3]
+
+
+# ---------------------------------------------------------------------- value ranges (dpstack.bounds)
+@pytest.mark.parametrize(
+    ("rule", "value", "problem"),
+    [
+        (bounds(1), 1, None),
+        (bounds(1), 0, "x=0 must be >= 1"),
+        (bounds(0, open_low=True), 0.0, "x=0.0 must be > 0"),
+        (bounds(0, open_low=True), 1e-9, None),
+        (bounds(0, 1, open_high=True), 1.0, "x=1.0 must be in [0, 1)"),
+        (bounds(0, 1), 1.0, None),
+        (bounds(0, 99), 100, "x=100 must be in [0, 99]"),
+        (bounds(1), None, None),  # None is a field's "default" where it allows it
+        (bounds(1), "???", None),  # a missing value is reported as missing, elsewhere
+    ],
+)
+def test_bounds_violation_names_the_key_and_the_range(rule: dict, value: object, problem: str | None) -> None:
+    @dataclasses.dataclass
+    class Schema:
+        x: float | None = dataclasses.field(default=None, metadata=rule)
+
+    assert bounds_violation(dataclasses.fields(Schema)[0], value) == problem
+
+
+def test_out_of_range_values_are_one_line_naming_the_key() -> None:
+    result = dpstack("eval", "checkpoint=/nonexistent", "out=/tmp/unused", "episodes=0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: bad config for 'dpstack eval': episodes=0 must be >= 1"
+    result = dpstack("train", "task=pusht", "dataset=/nonexistent", "out=/tmp/unused", "val_ratio=1.5")
+    assert result.returncode == 2 and "val_ratio=1.5 must be in [0, 1)" in result.stderr
+    result = dpstack("rl", "train", "task=hopper", "out=/tmp/unused", "task.max_steps=0")  # a nested schema
+    assert result.returncode == 2 and "task.max_steps=0 must be >= 1" in result.stderr
+    assert "[>= 1]" in dpstack("eval", "--help").stdout  # --help shows each bounded key's range
+
+
+def test_sampler_options_are_range_checked_before_any_rollout() -> None:
+    with pytest.raises(ConfigError, match="num_inference_steps=0 must be >= 1"):
+        to_schema(DDIMOptions, {"num_inference_steps": 0}, "sampler ddim")
+    with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 20\], got 500"):
+        ChunkSampler(DDIMScheduler(NoiseSchedule(20)), 500)  # more levels than the schedule: at construction
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c.words) for c in COMMANDS])
+def test_every_shipped_default_is_within_its_bounds(command: Command) -> None:
+    module = importlib.import_module(command.module)
+    check_bounds(module.Config, OmegaConf.to_container(compose_raw(module.CONFIG_NAME)))
+    for preset in ("dppo=pusht", "dppo=lift"):  # the per-task presets finetune picks
+        if module.CONFIG_NAME == "finetune":
+            check_bounds(module.Config, OmegaConf.to_container(compose_raw("finetune", [preset])))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_shipped_sampler_default_is_within_its_bounds(name: str) -> None:
+    raw = compose_raw(f"sampler/{name}")
+    check_bounds(SAMPLERS[name], OmegaConf.to_container(OmegaConf.select(raw, "sampler")))

@@ -27,6 +27,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float32MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
@@ -243,6 +244,22 @@ def test_watchdog_stops_output_on_stale_observations_and_recovers(robot_factory:
     assert len(robot.actions) - count >= 10
     stats = robot.node.stats()
     assert stats["watchdog"] == "ok" and stats["watchdog_trips"] == 1
+
+
+def test_parameters_out_of_their_range_are_refused(robot_factory: Any, exports: dict[str, Path]) -> None:
+    robot = robot_factory(exports["streaming"], rate_hz=20.0, stats_window=0)  # as if launched with -p stats_window:=0
+    assert robot.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert robot.node.configure_error == "stats_window=0 must be >= 1"
+    robot.node.set_parameters([Parameter("stats_window", Parameter.Type.INTEGER, 100)])
+    robot.start()  # fixed: configures now
+    for name, value, reason in (
+        ("rate_hz", -5.0, "rate_hz=-5.0 must be >= 0"),
+        ("watchdog_timeout", 0.0, "watchdog_timeout=0.0 must be > 0"),
+    ):
+        result = robot.node.set_parameters([Parameter(name, Parameter.Type.DOUBLE, value)])[0]
+        assert not result.successful and result.reason == reason
+    assert robot.node.get_parameter("watchdog_timeout").value == 0.5  # unchanged
+    assert robot.node.set_parameters([Parameter("watchdog_timeout", Parameter.Type.DOUBLE, 0.2)])[0].successful
 
 
 def test_malformed_messages_are_rejected_counted_and_survived(robot_factory: Any, exports: dict[str, Path]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from dpstack.bounds import bounds
 from dpstack.tasks import TaskConfig
 
 CONFIG_NAME = "collect"
@@ -21,17 +22,19 @@ CONFIG_NAME = "collect"
 @dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
-    episodes: int = field(default=10, metadata={"help": "episodes to have in the store when done"})
+    episodes: int = field(default=10, metadata={"help": "episodes to have in the store when done", **bounds(1)})
     out: str = field(default="???", metadata={"help": "episode store directory (created or resumed)"})
     seed: int = field(default=0, metadata={"help": "first seed; episode k uses the k-th unused seed after it"})
-    workers: int = field(default=1, metadata={"help": "parallel worker processes"})
-    noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise added to expert actions"})
+    workers: int = field(default=1, metadata={"help": "parallel worker processes", **bounds(1)})
+    noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise added to expert actions", **bounds(0)})
     keep_failed: bool = field(default=False, metadata={"help": "also store episodes that did not succeed"})
     expert: str | None = field(
         default=None, metadata={"help": "a trained checkpoint that acts as the expert instead of a scripted one"}
     )
-    steps: int = field(default=1_000_000, metadata={"help": "with expert: env steps to have in the store when done"})
-    num_envs: int = field(default=8, metadata={"help": "with expert: parallel environments"})
+    steps: int = field(
+        default=1_000_000, metadata={"help": "with expert: env steps to have in the store when done", **bounds(1)}
+    )
+    num_envs: int = field(default=8, metadata={"help": "with expert: parallel environments", **bounds(1)})
     deterministic: bool = field(default=False, metadata={"help": "with expert: its mean action instead of a sample"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from dpstack.bounds import bounds
+
 CONFIG_NAME = "dataset_import_robomimic"
 POSITIONAL = ("source",)
 
@@ -22,7 +24,9 @@ class Config:
         default=None,
         metadata={"help": "observation keys to import, e.g. [object,robot0_eef_pos] (default all)"},
     )
-    chunk_bytes: int = field(default=1 << 20, metadata={"help": "target uncompressed bytes per zarr chunk"})
+    chunk_bytes: int = field(
+        default=1 << 20, metadata={"help": "target uncompressed bytes per zarr chunk", **bounds(1)}
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
 

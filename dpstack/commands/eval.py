@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpstack.bounds import bounds
+
 CONFIG_NAME = "eval"
 
 
@@ -22,7 +24,7 @@ class Config:
         default="???", metadata={"help": "training run dir, checkpoint dir, or (backend=onnx) a `dpstack export` dir"}
     )
     out: str = field(default="???", metadata={"help": "directory for eval.json and videos"})
-    episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)"})
+    episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)", **bounds(1)})
     seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)"})
     sampler: dict[str, Any] | None = field(
         default=None,
@@ -35,11 +37,12 @@ class Config:
         metadata={"help": "torch | onnx (exports the checkpoint to <out>/onnx unless it is an export dir)"},
     )
     latency_steps: int = field(
-        default=0, metadata={"help": "ticks between an observation and its chunk taking effect (latency-aware)"}
+        default=0,
+        metadata={"help": "ticks between an observation and its chunk taking effect (latency-aware)", **bounds(-1)},
     )
-    num_envs: int = field(default=2, metadata={"help": "parallel environments"})
-    videos: int = field(default=2, metadata={"help": "episodes to save as videos"})
-    threads: int = field(default=1, metadata={"help": "torch intra-op threads"})
+    num_envs: int = field(default=2, metadata={"help": "parallel environments", **bounds(1)})
+    videos: int = field(default=2, metadata={"help": "episodes to save as videos", **bounds(0)})
+    threads: int = field(default=1, metadata={"help": "torch intra-op threads", **bounds(1)})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
     progress: bool = field(default=True, metadata={"help": "print progress"})
 

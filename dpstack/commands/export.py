@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from dpstack.bounds import bounds
+
 CONFIG_NAME = "export"
 
 
@@ -26,9 +28,12 @@ class Config:
         metadata={"help": "sampler=ddim|streaming|rti|ddpm (default: the policy's); options as sampler.<key>=..."},
     )
     opset: int = field(default=18, metadata={"help": "ONNX opset"})
-    check_ticks: int = field(default=8, metadata={"help": "ticks compared against PyTorch after export (0: skip)"})
+    check_ticks: int = field(
+        default=8, metadata={"help": "ticks compared against PyTorch after export (0: skip)", **bounds(0)}
+    )
     max_calls: int = field(
-        default=32, metadata={"help": "most denoiser calls unrolled into one tick graph (export time and size)"}
+        default=32,
+        metadata={"help": "most denoiser calls unrolled into one tick graph (export time and size)", **bounds(1)},
     )
     one_call_per_tick: bool = field(
         default=False, metadata={"help": "refuse a sampler that makes more than one denoiser call in any tick"}
@@ -39,7 +44,10 @@ class Config:
     )
     quantize_bound: float = field(
         default=2e-3,
-        metadata={"help": "largest |int8 - PyTorch| action difference accepted (normalized units, [-1, 1])"},
+        metadata={
+            "help": "largest |int8 - PyTorch| action difference accepted (normalized units, [-1, 1])",
+            **bounds(0, open_low=True),
+        },
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dpstack.bounds import bounds
+
 CONFIG_NAME = "plan"
 POSITIONAL = ("checkpoint",)
 
@@ -18,8 +20,10 @@ class Config:
     checkpoint: str = field(default="???", metadata={"help": "training run or checkpoint dir of a diffuser planner"})
     out: str = field(default="plan.png", metadata={"help": "PNG to write"})
     seed: int | None = field(default=None, metadata={"help": "episode seed (default: the task's eval_seed)"})
-    num_inference_steps: int | None = field(default=None, metadata={"help": "DDPM steps (default: the planner's)"})
-    threads: int = field(default=1, metadata={"help": "torch intra-op threads"})
+    num_inference_steps: int | None = field(
+        default=None, metadata={"help": "DDPM steps (default: the planner's)", **bounds(1)}
+    )
+    threads: int = field(default=1, metadata={"help": "torch intra-op threads", **bounds(1)})
 
 
 def run(cfg: Config) -> int:

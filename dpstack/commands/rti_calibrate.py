@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpstack.bounds import bounds
+
 CONFIG_NAME = "rti_calibrate"
 
 
@@ -21,13 +23,17 @@ CONFIG_NAME = "rti_calibrate"
 class Config:
     checkpoint: str = field(default="???", metadata={"help": "training run dir or checkpoint dir"})
     dataset: str = field(default="???", metadata={"help": "episode store with the policy's observation keys"})
-    windows: int = field(default=64, metadata={"help": "pairs of consecutive windows to compare"})
-    threshold: float = field(default=1.0, metadata={"help": "largest acceptable gap, in noise std units"})
+    windows: int = field(default=64, metadata={"help": "pairs of consecutive windows to compare", **bounds(1)})
+    threshold: float = field(
+        default=1.0, metadata={"help": "largest acceptable gap, in noise std units", **bounds(0, open_low=True)}
+    )
     first: str = field(default="ddpm", metadata={"help": "full sampler for the solutions (ddpm | ddim)"})
-    actions_per_tick: int = field(default=1, metadata={"help": "actions executed between ticks (the shift)"})
-    max_timestep: int = field(default=20, metadata={"help": "largest timestep shown in the table"})
+    actions_per_tick: int = field(
+        default=1, metadata={"help": "actions executed between ticks (the shift)", **bounds(1)}
+    )
+    max_timestep: int = field(default=20, metadata={"help": "largest timestep shown in the table", **bounds(0)})
     seed: int = field(default=0, metadata={"help": "seed of the window choice and the sampling noise"})
-    threads: int = field(default=1, metadata={"help": "torch intra-op threads"})
+    threads: int = field(default=1, metadata={"help": "torch intra-op threads", **bounds(1)})
     out: str | None = field(default=None, metadata={"help": "directory for rti_calibration.json (optional)"})
 
 

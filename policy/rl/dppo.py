@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from dpstack import distributed
+from dpstack.bounds import bounds
 from dpstack.errors import ConfigError
 from dpstack.policy.checkpoint import load_optimizer_state, optimizer_state, read_json, read_tensors, save_policy
 from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
@@ -71,50 +72,79 @@ class DPPOConfig:
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
     out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
-    total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total (all ranks)"})
-    num_envs: int = field(default=8, metadata={"help": "parallel environments (DPPO: 40)"})
+    total_steps: int = field(
+        default=1_000_000, metadata={"help": "environment steps in total (all ranks)", **bounds(1)}
+    )
+    num_envs: int = field(default=8, metadata={"help": "parallel environments (DPPO: 40)", **bounds(1)})
     vectorization: str = field(default="sync", metadata={"help": "sync | async (one worker process per env)"})
-    ticks: int = field(default=125, metadata={"help": "control ticks per env per iteration (DPPO: 500)"})
+    ticks: int = field(default=125, metadata={"help": "control ticks per env per iteration (DPPO: 500)", **bounds(1)})
     sampler: str = field(default="ddpm", metadata={"help": "the Gaussian chain: ddpm | ddim (with eta > 0)"})
-    num_inference_steps: int | None = field(default=None, metadata={"help": "K (None: ddpm every level, ddim 10)"})
-    eta: float = field(default=1.0, metadata={"help": "DDIM's eta in training (1: DDPM's variance)"})
-    finetuned_steps: int = field(default=10, metadata={"help": "K': the last denoising steps fine-tuned"})
-    epochs: int = field(default=5, metadata={"help": "passes over each rollout"})
-    minibatch_size: int = field(default=2500, metadata={"help": "(env step x denoising step) pairs per minibatch"})
-    actor_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the fine-tuned denoiser"})
-    critic_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the critic"})
-    gamma: float = field(default=0.99, metadata={"help": "discount per control tick (chunk)"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    gamma_denoising: float = field(default=0.99, metadata={"help": "advantage discount over denoising steps"})
-    clip_base: float = field(default=0.01, metadata={"help": "PPO clip at the first fine-tuned step"})
-    clip_last: float = field(default=0.01, metadata={"help": "PPO clip at the last fine-tuned step"})
-    clip_rate: float = field(default=3.0, metadata={"help": "exponential rate of the clip between them"})
-    min_sampling_std: float = field(default=0.1, metadata={"help": "std floor of every step in rollouts"})
-    min_logprob_std: float = field(default=0.1, metadata={"help": "std floor in the log-likelihood"})
-    noise_clip: float = field(default=3.0, metadata={"help": "clip of the standard-normal draws in rollouts"})
-    final_action_clip: float | None = field(default=1.0, metadata={"help": "clip of the sampled chunk (normalized)"})
+    num_inference_steps: int | None = field(
+        default=None, metadata={"help": "K (None: ddpm every level, ddim 10)", **bounds(1)}
+    )
+    eta: float = field(default=1.0, metadata={"help": "DDIM's eta in training (1: DDPM's variance)", **bounds(0)})
+    finetuned_steps: int = field(default=10, metadata={"help": "K': the last denoising steps fine-tuned", **bounds(1)})
+    epochs: int = field(default=5, metadata={"help": "passes over each rollout", **bounds(1)})
+    minibatch_size: int = field(
+        default=2500, metadata={"help": "(env step x denoising step) pairs per minibatch", **bounds(1)}
+    )
+    actor_lr: float = field(
+        default=1e-4, metadata={"help": "Adam learning rate of the fine-tuned denoiser", **bounds(0, open_low=True)}
+    )
+    critic_lr: float = field(
+        default=1e-3, metadata={"help": "Adam learning rate of the critic", **bounds(0, open_low=True)}
+    )
+    gamma: float = field(default=0.99, metadata={"help": "discount per control tick (chunk)", **bounds(0, 1)})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda", **bounds(0, 1)})
+    gamma_denoising: float = field(
+        default=0.99, metadata={"help": "advantage discount over denoising steps", **bounds(0, 1)}
+    )
+    clip_base: float = field(
+        default=0.01, metadata={"help": "PPO clip at the first fine-tuned step", **bounds(0, open_low=True)}
+    )
+    clip_last: float = field(
+        default=0.01, metadata={"help": "PPO clip at the last fine-tuned step", **bounds(0, open_low=True)}
+    )
+    clip_rate: float = field(default=3.0, metadata={"help": "exponential rate of the clip between them", **bounds(0)})
+    min_sampling_std: float = field(default=0.1, metadata={"help": "std floor of every step in rollouts", **bounds(0)})
+    min_logprob_std: float = field(
+        default=0.1, metadata={"help": "std floor in the log-likelihood", **bounds(0, open_low=True)}
+    )
+    noise_clip: float = field(
+        default=3.0, metadata={"help": "clip of the standard-normal draws in rollouts", **bounds(0, open_low=True)}
+    )
+    final_action_clip: float | None = field(
+        default=1.0, metadata={"help": "clip of the sampled chunk (normalized)", **bounds(0, open_low=True)}
+    )
     logprob_min: float = field(default=-5.0, metadata={"help": "per-element log-likelihood clamp, low"})
     logprob_max: float = field(
         default=2.0,
         metadata={"help": "per-element log-likelihood clamp, high; >= -log(min_logprob_std) - 0.92 (checked)"},
     )
-    value_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clip of the fine-tuned denoiser"})
-    target_kl: float | None = field(default=1.0, metadata={"help": "stop an update's epochs past this KL"})
+    value_coef: float = field(default=0.5, metadata={"help": "value loss weight", **bounds(0)})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "gradient clip of the fine-tuned denoiser", **bounds(0, open_low=True)}
+    )
+    target_kl: float | None = field(
+        default=1.0, metadata={"help": "stop an update's epochs past this KL", **bounds(0, open_low=True)}
+    )
     scale_rewards: bool = field(default=True, metadata={"help": "divide rewards by the running std of the return"})
-    critic_warmup: int = field(default=0, metadata={"help": "first iterations that train the critic only"})
+    critic_warmup: int = field(default=0, metadata={"help": "first iterations that train the critic only", **bounds(0)})
     critic_hidden: list[int] = field(default_factory=lambda: [256, 256, 256], metadata={"help": "critic MLP"})
-    eval_every: int = field(default=10, metadata={"help": "iterations between evaluations (0: only at the end)"})
-    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation"})
+    eval_every: int = field(
+        default=10, metadata={"help": "iterations between evaluations (0: only at the end)", **bounds(0)}
+    )
+    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation", **bounds(0)})
     eval_seed: int = field(default=200_000, metadata={"help": "first seed of the evaluations during training"})
-    checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints"})
+    checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints", **bounds(1)})
     seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds"})
-    threads: int = field(default=2, metadata={"help": "torch threads"})
+    threads: int = field(default=2, metadata={"help": "torch threads", **bounds(1)})
     rollout_threads: int | None = field(
         default=None,
         metadata={
             "help": "torch threads of the rollouts' and evaluations' small-batch policy calls (None: 1 under "
-            "OMP_WAIT_POLICY=PASSIVE, where waking sleeping threads costs more than they save; else threads)"
+            "OMP_WAIT_POLICY=PASSIVE, where waking sleeping threads costs more than they save; else threads)",
+            **bounds(1),
         },
     )
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present) | cpu | cuda: the networks"})

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpstack.bounds import bounds
 from dpstack.envs.registry import task_spec
 from dpstack.errors import ConfigError, UserError
 from dpstack.policy.checkpoint import (
@@ -57,31 +58,38 @@ class PPOConfig:
         default=None,
         metadata={"help": "start from this Gaussian checkpoint (e.g. behaviour-cloned) instead of scratch"},
     )
-    total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total"})
-    num_envs: int = field(default=8, metadata={"help": "parallel environments"})
+    total_steps: int = field(default=1_000_000, metadata={"help": "environment steps in total", **bounds(1)})
+    num_envs: int = field(default=8, metadata={"help": "parallel environments", **bounds(1)})
     vectorization: str = field(default="sync", metadata={"help": "sync | async (one worker process per env)"})
-    ticks: int = field(default=256, metadata={"help": "rollout length per env per iteration"})
-    epochs: int = field(default=10, metadata={"help": "passes over each rollout"})
-    minibatches: int = field(default=32, metadata={"help": "minibatches per pass"})
-    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate (annealed linearly to 0)"})
-    gamma: float = field(default=0.99, metadata={"help": "discount"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    clip: float = field(default=0.2, metadata={"help": "ratio clip"})
-    value_clip: float | None = field(default=0.2, metadata={"help": "value clip (null: none)"})
-    value_coef: float = field(default=0.5, metadata={"help": "value loss weight"})
-    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
-    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient clip"})
+    ticks: int = field(default=256, metadata={"help": "rollout length per env per iteration", **bounds(1)})
+    epochs: int = field(default=10, metadata={"help": "passes over each rollout", **bounds(1)})
+    minibatches: int = field(default=32, metadata={"help": "minibatches per pass", **bounds(1)})
+    lr: float = field(
+        default=3e-4, metadata={"help": "Adam learning rate (annealed linearly to 0)", **bounds(0, open_low=True)}
+    )
+    gamma: float = field(default=0.99, metadata={"help": "discount", **bounds(0, 1)})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda", **bounds(0, 1)})
+    clip: float = field(default=0.2, metadata={"help": "ratio clip", **bounds(0, open_low=True)})
+    value_clip: float | None = field(
+        default=0.2, metadata={"help": "value clip (null: none)", **bounds(0, open_low=True)}
+    )
+    value_coef: float = field(default=0.5, metadata={"help": "value loss weight", **bounds(0)})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight", **bounds(0)})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "global gradient clip", **bounds(0, open_low=True)})
     target_kl: float | None = field(
-        default=None, metadata={"help": "stop an update's epochs past this KL (null: never)"}
+        default=None,
+        metadata={"help": "stop an update's epochs past this KL (null: never)", **bounds(0, open_low=True)},
     )
     scale_rewards: bool = field(default=True, metadata={"help": "divide rewards by the running std of the return"})
     hidden: list[int] = field(default_factory=lambda: [64, 64], metadata={"help": "MLP hidden sizes"})
     init_log_std: float = field(default=0.0, metadata={"help": "initial log std of the actions"})
     activation: str = field(default="tanh", metadata={"help": "hidden activation: tanh | relu"})
-    checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints"})
-    snapshot_every: int = field(default=0, metadata={"help": "keep checkpoints/iter_<n> every n iterations (0: none)"})
+    checkpoint_every: int = field(default=10, metadata={"help": "iterations between checkpoints", **bounds(1)})
+    snapshot_every: int = field(
+        default=0, metadata={"help": "keep checkpoints/iter_<n> every n iterations (0: none)", **bounds(0)}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the weights, the action noise and the env seeds"})
-    threads: int = field(default=1, metadata={"help": "torch threads"})
+    threads: int = field(default=1, metadata={"help": "torch threads", **bounds(1)})
     progress: bool = field(default=True, metadata={"help": "print a line per checkpoint"})
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from dpstack.bounds import bounds
 from dpstack.errors import ConfigError
 from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
@@ -48,6 +49,11 @@ class ChunkSampler:
     step_noise: bool = True
 
     stateful: ClassVar[bool] = False  # carries state between ticks (its first tick differs)
+
+    def __post_init__(self) -> None:
+        self.scheduler.timesteps(
+            self.num_inference_steps, self.spacing
+        )  # a bad count or spacing fails here, not mid-run
 
     @property
     def name(self) -> str:
@@ -98,12 +104,14 @@ class DDPMOptions:
     """`sampler=ddpm`: full ancestral DDPM over every training level (Diffusion Policy's default)."""
 
     name: str = "ddpm"
-    num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: every training level)"})
+    num_inference_steps: int | None = field(
+        default=None, metadata={"help": "levels (None: every training level)", **bounds(1)}
+    )
     deterministic: bool = field(
         default=False,
         metadata={"help": "no noise in the reverse steps: each step's posterior mean (DPPO's evaluation)"},
     )
-    actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP})
+    actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP, **bounds(1)})
 
     def build(self, window: SamplerWindow) -> ChunkSampler:
         sampler = make_sampler("ddpm", window.schedule, self.num_inference_steps)
@@ -117,9 +125,9 @@ class DDIMOptions:
     """`sampler=ddim`: DDIM (Song et al. 2021) over a few levels; deterministic with eta 0."""
 
     name: str = "ddim"
-    num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: 10)"})
-    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)"})
-    actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "levels (None: 10)", **bounds(1)})
+    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)", **bounds(0)})
+    actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP, **bounds(1)})
     spacing: str = field(
         default="leading",
         metadata={

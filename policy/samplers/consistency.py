@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from dpstack.bounds import bounds
 from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
 from dpstack.policy.schedulers import NoiseSchedule
 
@@ -97,7 +98,7 @@ class ConsistencyOptions:
         default_factory=lambda: [90], metadata={"help": "descending levels, one call each ([90]: one call)"}
     )
     actions_per_tick: int | None = field(
-        default=None, metadata={"help": "actions executed per tick (None: the policy's n_action_steps)"}
+        default=None, metadata={"help": "actions executed per tick (None: the policy's n_action_steps)", **bounds(1)}
     )
 
     def build(self, window: SamplerWindow) -> ConsistencySampler:

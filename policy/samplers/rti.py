@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from dpstack.bounds import bounds
 from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
 from dpstack.policy.samplers.chunk import ChunkSampler, make_sampler, reverse_steps
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
@@ -126,14 +127,18 @@ class RTIOptions:
 
     name: str = "rti"
     first: str = field(default="ddpm", metadata={"help": "sampler of an episode's first tick (ddpm | ddim)"})
-    num_inference_steps: int | None = field(default=None, metadata={"help": "levels of the first tick's sampler"})
-    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity of the first tick (first=ddim)"})
+    num_inference_steps: int | None = field(
+        default=None, metadata={"help": "levels of the first tick's sampler", **bounds(1)}
+    )
+    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity of the first tick (first=ddim)", **bounds(0)})
     timesteps: list[int] = field(default_factory=lambda: [2, 1, 0], metadata={"help": "refinement timesteps"})
-    actions_per_tick: int = field(default=1, metadata={"help": "actions executed per tick"})
+    actions_per_tick: int = field(default=1, metadata={"help": "actions executed per tick", **bounds(1)})
     discrete_dims: list[int] | None = field(
         default=None, metadata={"help": "discrete action dims scaled in the warm start (None: the task's)"}
     )
-    discrete_scale: float = field(default=0.1, metadata={"help": "scale of discrete dims in the warm start"})
+    discrete_scale: float = field(
+        default=0.1, metadata={"help": "scale of discrete dims in the warm start", **bounds(0)}
+    )
 
     def build(self, window: SamplerWindow) -> RTISampler:
         dims = tuple(window.discrete_dims if self.discrete_dims is None else self.discrete_dims)

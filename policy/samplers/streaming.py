@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import torch
 
+from dpstack.bounds import bounds
 from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
 from dpstack.policy.samplers.chunk import ChunkSampler
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule, spaced_timesteps
@@ -210,11 +211,15 @@ class StreamingOptions:
     name: str = "streaming"
     num_inference_steps: int | None = field(
         default=None,
-        metadata={"help": "DDIM levels, a multiple of the chunk count (None: one call per executed action)"},
+        metadata={
+            "help": "DDIM levels, a multiple of the chunk count (None: one call per executed action)",
+            **bounds(1),
+        },
     )
-    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)"})
+    eta: float = field(default=0.0, metadata={"help": "DDIM stochasticity (0: deterministic)", **bounds(0)})
     start_steps: int | None = field(
-        default=None, metadata={"help": "calls of an episode's first tick (None: num_inference_steps; 1: one call)"}
+        default=None,
+        metadata={"help": "calls of an episode's first tick (None: num_inference_steps; 1: one call)", **bounds(1)},
     )
 
     def build(self, window: SamplerWindow) -> StreamingSampler:
