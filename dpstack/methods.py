@@ -58,7 +58,10 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> PolicyM
     state = read_tensors(directory / "model.safetensors")
     try:
         policy.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{directory / 'model.safetensors'}: does not match config.json ({exc})") from exc
+    except RuntimeError as exc:  # torch lists every tensor; the first one and a count say enough
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = (problems[0] if problems else str(exc)).rstrip(".")
+        more = f"; and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise CheckpointError(f"{directory / 'model.safetensors'}: does not match config.json: {first}{more}") from None
     policy.checkpoint_config = config
     return policy.to(device).eval()
