@@ -391,7 +391,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
             with _rng_untouched(device):  # rank 0 alone validates: the ranks' RNGs must stay equal
                 record["val_loss"] = validation_loss(ema, val_set, cfg, device)
-        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        if cfg.eval_episodes > 0 and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
             with _rng_untouched(device):
                 record.update(evaluate(f"step_{step}"))
         log(record)

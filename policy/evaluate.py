@@ -47,6 +47,13 @@ class EvalSpec:
     videos: int = 2
     progress: bool = False
 
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.num_envs < 1 or self.videos < 0:
+            raise ValueError(
+                f"an evaluation needs episodes >= 1, num_envs >= 1 and videos >= 0, got {self.episodes}, "
+                f"{self.num_envs} and {self.videos}"
+            )
+
     @property
     def first_seed(self) -> int:
         return self.task.eval_seed if self.seed is None else self.seed

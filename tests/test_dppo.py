@@ -229,7 +229,7 @@ def test_critic_warmup_leaves_the_policy_unchanged_then_the_actor_learns(weak_ho
     run = tmp_path / "warmup"
     steps_per_iteration = 2 * 8 * 4
     cfg = _finetune_config(weak_hopper, run, num_envs=2, ticks=8, total_steps=2 * steps_per_iteration,
-                           critic_warmup=2, eval_every=0, checkpoint_every=1)  # fmt: skip
+                           critic_warmup=2, eval_every=0, eval_episodes=0, checkpoint_every=1)  # fmt: skip
     finetune(cfg, load_policy(weak_hopper), "hopper")
     pretrained, warmed = load_policy(weak_hopper), load_policy(run)
     torch.testing.assert_close(dict(warmed.denoiser.finetuned.state_dict()), dict(pretrained.denoiser.state_dict()))
@@ -238,8 +238,10 @@ def test_critic_warmup_leaves_the_policy_unchanged_then_the_actor_learns(weak_ho
     state = torch.linspace(-0.5, 0.5, 33).reshape(3, 1, 11)
     before = pretrained.sample_tick({"state": state}, pretrained.make_sampler({"deterministic": True}), None, noise)[0]
     torch.testing.assert_close(warmed.sample_tick({"state": state}, sampler, None, noise)[0], before)
-    critic_loss = [json.loads(line)["value_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    critic_loss = [row["value_loss"] for row in rows]
     assert len(critic_loss) == 2 and all(np.isfinite(critic_loss))
+    assert not any("eval_success" in row for row in rows)  # eval_episodes=0: no evaluation, not a crash
     finetune(replace(cfg, total_steps=3 * steps_per_iteration, resume=True), load_policy(run), "hopper")
     tuned = load_policy(run)
     assert not torch.allclose(tuned.sample_tick({"state": state}, sampler, None, noise)[0], before)

@@ -119,9 +119,7 @@ def test_malformed_checkpoints_are_clear_errors(maze_store: Path, tmp_path: Path
     config = json.loads((latest / "config.json").read_text())
     config["policy"]["preset"] = "tiny"
     (latest / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        CheckpointError, match=r"does not match config\.json: .+; and \d+ more"
-    ) as info:
+    with pytest.raises(CheckpointError, match=r"does not match config\.json: .+; and \d+ more") as info:
         load_policy(tmp_path / "run")
     assert "\n" not in str(info.value)  # one line, not torch's list of every tensor
     with pytest.raises(CheckpointError, match="not a checkpoint"):

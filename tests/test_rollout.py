@@ -172,3 +172,8 @@ def test_async_workers_that_would_not_fit_in_memory_are_refused_up_front() -> No
     check_worker_memory("lift", 8, available_mb=23 * 1024)  # ~5.5 GB: fits
     check_worker_memory("pusht", 40, available_mb=23 * 1024)
     check_worker_memory("lift", 1000, available_mb=None)  # memory not known: not checked
+
+
+def test_an_evaluation_of_no_episodes_is_refused() -> None:
+    with pytest.raises(ValueError, match="episodes >= 1, num_envs >= 1 and videos >= 0, got 0, 2 and 0"):
+        EvalSpec(TaskConfig(name="pusht"), episodes=0, num_envs=2, videos=0)

@@ -134,7 +134,7 @@ class DPPOConfig:
     eval_every: int = field(
         default=10, metadata={"help": "iterations between evaluations (0: only at the end)", **bounds(0)}
     )
-    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation", **bounds(0)})
+    eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation (0: none)", **bounds(0)})
     eval_seed: int = field(default=200_000, metadata={"help": "first seed of the evaluations during training"})
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints", **bounds(1)})
     seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds"})
@@ -501,7 +501,9 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 if checkpoint_now:
                     checkpoint()  # hands this rank's state to rank 0
                 continue
-            if (cfg.eval_every and iteration % cfg.eval_every == 0) or iteration == iterations:
+            if cfg.eval_episodes > 0 and (
+                (cfg.eval_every and iteration % cfg.eval_every == 0) or iteration == iterations
+            ):
                 eval_start = time.perf_counter()
                 last |= evaluate()
                 last["eval_s"] = time.perf_counter() - eval_start
