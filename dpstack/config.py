@@ -116,7 +116,7 @@ def describe(config_name: str, schema: type) -> list[tuple[str, str, str]]:
         elif OmegaConf.is_list(value):
             value = OmegaConf.to_container(value)
         rule = field.metadata.get("bounds")
-        help_text = field.metadata.get("help", "") + (f" [{describe_bounds(rule)}]" if rule else "")
+        help_text = field.metadata.get("help", "") + (f"; must be {describe_bounds(rule)}" if rule else "")
         rows.append(
             (field.name, "(required)" if value == "???" else repr(value) if value is None else str(value), help_text)
         )

@@ -128,7 +128,7 @@ def test_out_of_range_values_are_one_line_naming_the_key() -> None:
     assert result.returncode == 2 and "val_ratio=1.5 must be in [0, 1)" in result.stderr
     result = dpstack("rl", "train", "task=hopper", "out=/tmp/unused", "task.max_steps=0")  # a nested schema
     assert result.returncode == 2 and "task.max_steps=0 must be >= 1" in result.stderr
-    assert "[>= 1]" in dpstack("eval", "--help").stdout  # --help shows each bounded key's range
+    assert "; must be >= 1" in dpstack("eval", "--help").stdout  # --help shows each bounded key's range
 
 
 def test_sampler_options_are_range_checked_before_any_rollout() -> None:
