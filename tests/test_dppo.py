@@ -44,6 +44,9 @@ def test_denoising_discount_and_clip_schedule_match_hand_computed_values() -> No
     torch.testing.assert_close(
         clip_coefficients(torch.zeros(2, dtype=torch.long), 1, 0.001, 0.01), torch.full((2,), 0.01)
     )
+    linear = torch.tensor([0.001, 0.0055, 0.01])  # rate 0: the limit, not 0 / 0
+    torch.testing.assert_close(clip_coefficients(steps, 3, 0.001, 0.01, rate=0.0), linear)
+    torch.testing.assert_close(clip_coefficients(steps, 3, 0.001, 0.01, rate=1e-4), linear, rtol=1e-4, atol=1e-7)
 
 
 def test_chain_log_prob_is_the_clamped_normal_log_density_averaged_over_executed_actions() -> None:

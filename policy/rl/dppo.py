@@ -105,7 +105,7 @@ class DPPOConfig:
     clip_last: float = field(
         default=0.01, metadata={"help": "PPO clip at the last fine-tuned step", **bounds(0, open_low=True)}
     )
-    clip_rate: float = field(default=3.0, metadata={"help": "exponential rate of the clip between them", **bounds(0)})
+    clip_rate: float = field(default=3.0, metadata={"help": "exponential rate of the clip between them (0: linear)"})
     min_sampling_std: float = field(default=0.1, metadata={"help": "std floor of every step in rollouts", **bounds(0)})
     min_logprob_std: float = field(
         default=0.1, metadata={"help": "std floor in the log-likelihood", **bounds(0, open_low=True)}

@@ -100,11 +100,14 @@ def clip_coefficients(
 ) -> torch.Tensor:
     """PPO's clip per denoising step, rising exponentially from `base` (i = 0) to `last` (i = K' - 1).
 
-    c(i) = base + (last - base) (exp(rate s) - 1) / (exp(rate) - 1) with s = i / (K' - 1); K' = 1 gives `last`.
+    c(i) = base + (last - base) (exp(rate s) - 1) / (exp(rate) - 1) with s = i / (K' - 1); K' = 1 gives `last`;
+    rate 0 is the formula's limit, linear in s (a negative rate rises fast first, then slowly).
     """
     if finetuned_steps == 1:
         return torch.full(step.shape, float(last), device=step.device)
     s = step.to(torch.float32) / (finetuned_steps - 1)
+    if rate == 0:
+        return base + (last - base) * s
     return base + (last - base) * (torch.exp(rate * s) - 1.0) / (math.exp(rate) - 1.0)
 
 
