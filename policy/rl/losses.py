@@ -108,7 +108,7 @@ def clip_coefficients(
     s = step.to(torch.float32) / (finetuned_steps - 1)
     if rate == 0:
         return base + (last - base) * s
-    return base + (last - base) * (torch.exp(rate * s) - 1.0) / (math.exp(rate) - 1.0)
+    return base + (last - base) * torch.expm1(rate * s) / math.expm1(rate)  # expm1: exact near rate 0 too
 
 
 def peak_log_density(std: float) -> float:
