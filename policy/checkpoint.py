@@ -102,6 +102,10 @@ def optimizer_state(
 def load_optimizer_state(
     optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], name: str = "optimizer"
 ) -> None:
+    """Restore the optimizer's moments and step counts; its hyperparameters (lr, betas, weight decay, a
+    scheduler's initial_lr) stay as `optimizer` was built, from the resuming run's config: `resume=true
+    actor_lr=3e-5` then trains at 3e-5 (torch's load_state_dict alone would bring back the saved ones)."""
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for full, value in tensors.items():
         if full.startswith(f"{name}."):
@@ -109,3 +113,5 @@ def load_optimizer_state(
             state.setdefault(int(index), {})[key] = value
     groups_key = "param_groups" if name == "optimizer" else f"{name}.param_groups"
     optimizer.load_state_dict({"state": state, "param_groups": meta[groups_key]})
+    for group, values in zip(optimizer.param_groups, configured, strict=True):
+        group.update(values)

@@ -15,7 +15,7 @@ from dpstack.envs.collect import collect
 from dpstack.envs.registry import load_task_config
 from dpstack.errors import ConfigError
 from dpstack.methods import load_policy
-from dpstack.policy.checkpoint import CheckpointError
+from dpstack.policy.checkpoint import CheckpointError, load_optimizer_state, optimizer_state
 from dpstack.policy.diffusion_policy import PolicyConfig
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
 from dpstack.policy.rollout import Rollouts, RolloutSpec
@@ -244,3 +244,21 @@ def test_cli_streaming_training_and_realtime_samplers(maze_store: Path, tmp_path
     assert bad.returncode != 0 and "multiple of the number of chunks" in bad.stderr
     bad = subprocess.run([DPSTACK, "eval", *common, "latency_steps=2", "out=x"], capture_output=True, text=True)
     assert bad.returncode != 0 and "latency_steps must be in [0, 0]" in bad.stderr  # streaming's chunk is all executed
+
+
+def test_resume_keeps_the_optimizer_moments_and_takes_the_new_configs_hyperparameters() -> None:
+    """`resume=true lr=...`: the run's moments and step counts come back; the learning rate (and a scheduler's
+    initial_lr) are the resuming config's, not the saved ones."""
+    weights = torch.nn.Parameter(torch.ones(3))
+    saved = torch.optim.AdamW([weights], lr=0.1, weight_decay=0.01)
+    torch.optim.lr_scheduler.LambdaLR(saved, lambda s: 1.0)  # sets initial_lr = 0.1 in the saved groups
+    weights.grad = torch.tensor([1.0, -2.0, 3.0])
+    saved.step()
+    tensors, meta = optimizer_state(saved)
+    resumed = torch.optim.AdamW([weights], lr=0.02, weight_decay=0.0)
+    torch.optim.lr_scheduler.LambdaLR(resumed, lambda s: 1.0)
+    load_optimizer_state(resumed, tensors, meta)
+    group = resumed.param_groups[0]
+    assert group["lr"] == 0.02 and group["initial_lr"] == 0.02 and group["weight_decay"] == 0.0
+    torch.testing.assert_close(resumed.state[weights]["exp_avg"], saved.state[weights]["exp_avg"])
+    assert float(resumed.state[weights]["step"]) == 1.0
