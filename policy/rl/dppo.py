@@ -291,7 +291,9 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
         iteration, env_steps, seconds_before = meta["iteration"], meta["env_steps"], meta["train_seconds"]
         # the same world size resumes each rank's own noise and reward scaling; another gets rank 0's scaling
         own = f"rank{world.rank}." if meta.get("world_size", 1) == world.size and world.size > 1 else ""
-        running_return = tensors[f"{own}running_return"].clone()
+        saved_return = tensors[f"{own}running_return"]
+        if saved_return.shape == running_return.shape:  # another num_envs starts its envs' returns at 0
+            running_return = saved_return.clone()
         if own:
             return_norm.load_state_dict(
                 {k[len(own) + 12 :]: v for k, v in tensors.items() if k.startswith(f"{own}return_norm.")}
