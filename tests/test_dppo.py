@@ -248,9 +248,13 @@ def test_critic_warmup_leaves_the_policy_unchanged_then_the_actor_learns(weak_ho
     finetune(replace(cfg, total_steps=3 * steps_per_iteration, resume=True), load_policy(run), "hopper")
     tuned = load_policy(run)
     assert not torch.allclose(tuned.sample_tick({"state": state}, sampler, None, noise)[0], before)
-    # resuming with more envs than the run saved (their running returns start at 0) goes on at iteration 4
-    finetune(replace(cfg, num_envs=3, total_steps=4 * 3 * 8 * 4, resume=True), load_policy(run), "hopper")
-    assert [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    # resuming with more envs than the run saved (their running returns start at 0) goes on at iteration 4,
+    # and at the resuming config's learning rate
+    lr = cfg.actor_lr / 3
+    finetune(replace(cfg, num_envs=3, total_steps=4 * 3 * 8 * 4, actor_lr=lr, resume=True), load_policy(run), "hopper")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
+    assert [row["actor_lr"] for row in rows] == [cfg.actor_lr] * 3 + [lr]
 
 
 def test_sigkill_then_resume_continues_at_the_same_iteration(weak_hopper: Path, tmp_path: Path) -> None:

@@ -493,6 +493,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                 **{k: float(np.mean(v)) if v else math.nan for k, v in stats.items()},  # warm-up: critic only
                 "explained_variance": explained_variance(b_val, b_ret),
                 "stopped_early": stop,
+                "actor_lr": actor_optimizer.param_groups[0]["lr"],  # the record of what a resume ran with
                 "sps": rank_steps / (rollout_s + update_s),
                 "rollout_s": rollout_s,
                 "inference_s": timing["inference_s"],  # of rollout_s: the policy; the rest is simulation + harness
