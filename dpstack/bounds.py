@@ -1,17 +1,22 @@
 """A config field's range, declared next to it and checked where configs enter (core layer, no dependencies).
 
     steps: int = field(default=2000, metadata={"help": "optimizer steps", **bounds(1)})
+    out: str = field(default="???", metadata={"help": "run directory", **OUTPUT_DIRECTORY})
 
 `dpstack.config.to_schema` checks every command's config (and a sampler's options) against its fields'
 bounds, so ``steps=0`` is one line naming the key and the range, not a traceback or a run that does
-nothing; ``--help`` prints the range; the ROS 2 nodes check their parameters with the same rule.
+nothing; ``--help`` prints the range; the ROS 2 nodes check their parameters with the same rule. An
+output directory that is an existing file is refused the same way, before anything is computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+OUTPUT_DIRECTORY = {"output_directory": True}  # a field naming a directory the command writes into
 
 
 def bounds(
@@ -32,8 +37,11 @@ def describe_bounds(rule: tuple[float | None, float | None, bool, bool]) -> str:
     return f"{'<' if open_high else '<='} {high}"
 
 
-def bounds_violation(field: dataclasses.Field, value: Any) -> str | None:
-    """Why `value` is outside `field`'s `bounds` (e.g. "rate_hz=-1 must be >= 0"), or None."""
+def field_violation(field: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` breaks `field`'s declared constraint (e.g. "rate_hz=-1 must be >= 0"), or None."""
+    if field.metadata.get("output_directory") and isinstance(value, str) and value and value != "???":
+        path = Path(value)
+        return f"{field.name}={value} exists and is not a directory" if path.exists() and not path.is_dir() else None
     rule = field.metadata.get("bounds")
     if rule is None or isinstance(value, bool) or not isinstance(value, int | float):
         return None  # None, strings (a missing '???', an interpolation) and unbounded fields pass
@@ -44,7 +52,7 @@ def bounds_violation(field: dataclasses.Field, value: Any) -> str | None:
 
 
 def check_bounds(schema: type, values: Mapping[str, Any], prefix: str = "") -> None:
-    """Every field of `schema` (nested schemas too) with `bounds` metadata is within them, else ValueError
+    """Every field of `schema` (nested schemas too) keeps its declared constraint, else ValueError
     naming the key; `to_schema` checks before the schema's own `__post_init__`, which so never computes
     with an out-of-range value."""
     for field in dataclasses.fields(schema):
@@ -54,6 +62,6 @@ def check_bounds(schema: type, values: Mapping[str, Any], prefix: str = "") -> N
             if dataclasses.is_dataclass(default):  # a nested schema (a task config)
                 check_bounds(type(default), value, f"{prefix}{field.name}.")
             continue
-        problem = bounds_violation(field, value)
+        problem = field_violation(field, value)
         if problem:
             raise ValueError(prefix + problem)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from dpstack import distributed
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 from dpstack.data.dataset import SequenceDataset, batch_loader
 from dpstack.data.sampler import split_episodes
 from dpstack.data.store import EpisodeStore
@@ -55,7 +55,9 @@ class TrainConfig:
         default_factory=PolicyConfig, metadata={"help": "policy config group: policy=unet|transformer|mlp"}
     )
     dataset: str = field(default="???", metadata={"help": "episode store to train on"})
-    out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
+    out: str = field(
+        default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)", **OUTPUT_DIRECTORY}
+    )
     steps: int = field(
         default=2000, metadata={"help": "optimizer steps in total (the cosine schedule spans them)", **bounds(1)}
     )

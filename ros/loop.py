@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 from dpstack.config import quote_value
 from dpstack.envs.registry import task_spec
 from dpstack.errors import ConfigError, UserError
@@ -56,7 +56,9 @@ class LoopConfig:
     )
     threads: int = field(default=1, metadata={"help": "onnxruntime threads of the policy node", **bounds(1)})
     domain_id: int = field(default=-1, metadata={"help": "ROS_DOMAIN_ID for the run; -1: a random free-ish one"})
-    out: str = field(default="", metadata={"help": "directory for eval.json and the two nodes' logs (optional)"})
+    out: str = field(
+        default="", metadata={"help": "directory for eval.json and the two nodes' logs (optional)", **OUTPUT_DIRECTORY}
+    )
     startup_timeout: float = field(
         default=120.0, metadata={"help": "seconds to wait for both nodes to come up", **bounds(0, open_low=True)}
     )

@@ -50,7 +50,7 @@ from std_msgs.msg import Float32MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from dpstack.bounds import bounds, bounds_violation
+from dpstack.bounds import bounds, field_violation
 from dpstack.errors import ModelError
 from dpstack.policy.execution import ActionSchedule, ObservationHistory, resolve_latency_steps
 from dpstack.ros.messages import (
@@ -483,7 +483,7 @@ class PolicyNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         fields = {f.name: f for f in dataclasses.fields(PolicyNodeConfig)}
         for param in params:  # all or nothing: a value out of its field's range refuses the whole set
-            problem = bounds_violation(fields[param.name], param.value) if param.name in fields else None
+            problem = field_violation(fields[param.name], param.value) if param.name in fields else None
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
         for param in params:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from dpstack.bounds import bounds, bounds_violation, check_bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds, check_bounds, field_violation
 from dpstack.cli import COMMANDS, Command
 from dpstack.config import compose_raw, to_schema
 from dpstack.data.store import EpisodeStore
@@ -112,12 +112,12 @@ def test_import_robomimic_then_info(tmp_path: Path) -> None:
         (bounds(1), "???", None),  # a missing value is reported as missing, elsewhere
     ],
 )
-def test_bounds_violation_names_the_key_and_the_range(rule: dict, value: object, problem: str | None) -> None:
+def test_field_violation_names_the_key_and_the_range(rule: dict, value: object, problem: str | None) -> None:
     @dataclasses.dataclass
     class Schema:
         x: float | None = dataclasses.field(default=None, metadata=rule)
 
-    assert bounds_violation(dataclasses.fields(Schema)[0], value) == problem
+    assert field_violation(dataclasses.fields(Schema)[0], value) == problem
 
 
 def test_out_of_range_values_are_one_line_naming_the_key() -> None:
@@ -151,3 +151,19 @@ def test_every_shipped_default_is_within_its_bounds(command: Command) -> None:
 def test_every_shipped_sampler_default_is_within_its_bounds(name: str) -> None:
     raw = compose_raw(f"sampler/{name}")
     check_bounds(SAMPLERS[name], OmegaConf.to_container(OmegaConf.select(raw, "sampler")))
+
+
+def test_an_output_directory_that_is_a_file_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    for command in (["eval", "checkpoint=/nonexistent"], ["train", "task=pusht", "dataset=/nonexistent"]):
+        result = dpstack(*command, f"out={existing}")
+        assert result.returncode == 2 and f"out={existing} exists and is not a directory" in result.stderr
+    assert existing.read_text() == "mine"  # nothing was written over it
+
+    @dataclasses.dataclass
+    class Schema:
+        out: str = dataclasses.field(default="", metadata=OUTPUT_DIRECTORY)
+
+    out = dataclasses.fields(Schema)[0]
+    assert field_violation(out, str(tmp_path)) is None and field_violation(out, str(tmp_path / "new")) is None

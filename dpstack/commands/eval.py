@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 
 CONFIG_NAME = "eval"
 
@@ -23,7 +23,7 @@ class Config:
     checkpoint: str = field(
         default="???", metadata={"help": "training run dir, checkpoint dir, or (backend=onnx) a `dpstack export` dir"}
     )
-    out: str = field(default="???", metadata={"help": "directory for eval.json and videos"})
+    out: str = field(default="???", metadata={"help": "directory for eval.json and videos", **OUTPUT_DIRECTORY})
     episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)", **bounds(1)})
     seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)"})
     sampler: dict[str, Any] | None = field(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 
 CONFIG_NAME = "export"
 
@@ -22,7 +22,9 @@ CONFIG_NAME = "export"
 @dataclass
 class Config:
     checkpoint: str = field(default="???", metadata={"help": "training run dir or checkpoint dir"})
-    out: str = field(default="???", metadata={"help": "directory for policy.onnx, policy.json, ..."})
+    out: str = field(
+        default="???", metadata={"help": "directory for policy.onnx, policy.json, ...", **OUTPUT_DIRECTORY}
+    )
     sampler: dict[str, Any] | None = field(
         default=None,
         metadata={"help": "sampler=ddim|streaming|rti|ddpm (default: the policy's); options as sampler.<key>=..."},

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 
 CONFIG_NAME = "rti_calibrate"
 
@@ -34,7 +34,9 @@ class Config:
     max_timestep: int = field(default=20, metadata={"help": "largest timestep shown in the table", **bounds(0)})
     seed: int = field(default=0, metadata={"help": "seed of the window choice and the sampling noise"})
     threads: int = field(default=1, metadata={"help": "torch intra-op threads", **bounds(1)})
-    out: str | None = field(default=None, metadata={"help": "directory for rti_calibration.json (optional)"})
+    out: str | None = field(
+        default=None, metadata={"help": "directory for rti_calibration.json (optional)", **OUTPUT_DIRECTORY}
+    )
 
 
 def suggested_timesteps(start: int) -> list[int]:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from dpstack import distributed
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 from dpstack.errors import ConfigError
 from dpstack.policy.checkpoint import load_optimizer_state, optimizer_state, read_json, read_tensors, save_policy
 from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
@@ -70,7 +70,9 @@ class DPPOConfig:
 
     checkpoint: str = field(default="???", metadata={"help": "the pretrained Diffusion Policy (run or checkpoint)"})
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
-    out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
+    out: str = field(
+        default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)", **OUTPUT_DIRECTORY}
+    )
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
     total_steps: int = field(
         default=1_000_000, metadata={"help": "environment steps in total (all ranks)", **bounds(1)}

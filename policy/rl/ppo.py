@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpstack.bounds import bounds
+from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 from dpstack.envs.registry import task_spec
 from dpstack.errors import ConfigError, UserError
 from dpstack.policy.checkpoint import (
@@ -52,7 +52,9 @@ class PPOConfig:
     """`configs/rl_train.yaml`: `dpstack rl train task=<name> out=<run> [key=value ...]`."""
 
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
-    out: str = field(default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)"})
+    out: str = field(
+        default="???", metadata={"help": "run directory (checkpoints, metrics, TensorBoard)", **OUTPUT_DIRECTORY}
+    )
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` from its last checkpoint"})
     init: str | None = field(
         default=None,
