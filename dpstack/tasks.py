@@ -61,5 +61,5 @@ class TaskConfig:
     name: str = "pusht"
     image: bool = False
     max_steps: int | None = field(default=None, metadata=bounds(1))  # None: the task's own default episode length
-    eval_seed: int = 100_000
+    eval_seed: int = field(default=100_000, metadata=bounds(0))  # seeds must be >= 0 (gymnasium)
     env: dict[str, Any] = field(default_factory=dict)  # extra env arguments, e.g. score references

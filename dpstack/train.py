@@ -85,7 +85,7 @@ class TrainConfig:
         default=0, metadata={"help": "torch threads (0: all cores; use 1 on a busy machine)", **bounds(0)}
     )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    seed: int = field(default=0, metadata={"help": "seed of the split, the shuffling and the noise"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, the shuffling and the noise", **bounds(0)})
     resume: bool = field(default=False, metadata={"help": "continue the run in `out` exactly where it stopped"})
     stop_after: int = field(default=0, metadata={"help": "end this run after N steps (0: run to `steps`)", **bounds(0)})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

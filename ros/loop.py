@@ -44,7 +44,8 @@ class LoopConfig:
     )
     episodes: int = field(default=10, metadata={"help": "episodes (seeds seed, seed+1, ...)", **bounds(1)})
     seed: int = field(
-        default=-1, metadata={"help": "first seed, also the policy's noise seed; -1: the task's eval_seed"}
+        default=-1,
+        metadata={"help": "first seed, also the policy's noise seed; -1: the task's eval_seed", **bounds(-1)},
     )
     real_time_factor: float = field(
         default=1.0,

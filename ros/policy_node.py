@@ -121,7 +121,7 @@ class PolicyNodeConfig:
         },
     )
     threads: int = field(default=1, metadata={"help": "onnxruntime intra-op threads", **bounds(1)})
-    seed: int = field(default=-1, metadata={"help": "seed of the sampler noise; -1: fresh entropy"})
+    seed: int = field(default=-1, metadata={"help": "seed of the sampler noise; -1: fresh entropy", **bounds(-1)})
     diagnostics_period: float = field(
         default=1.0, metadata={"help": "seconds between /diagnostics messages", **bounds(0, open_low=True)}
     )

@@ -46,7 +46,8 @@ class SimBridgeConfig:
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
     node_name: str = field(default="dpstack_sim", metadata={"help": "ROS node name"})
     seed: int = field(
-        default=-1, metadata={"help": "seed of the first episode (then +1 each); -1: the task's eval_seed"}
+        default=-1,
+        metadata={"help": "seed of the first episode (then +1 each); -1: the task's eval_seed", **bounds(-1)},
     )
     episodes: int = field(
         default=0, metadata={"help": "episodes to run on their own with autostart (0: no limit)", **bounds(0)}

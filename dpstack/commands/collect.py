@@ -24,7 +24,9 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig, metadata={"help": "task config group: task=<name>"})
     episodes: int = field(default=10, metadata={"help": "episodes to have in the store when done", **bounds(1)})
     out: str = field(default="???", metadata={"help": "episode store directory (created or resumed)"})
-    seed: int = field(default=0, metadata={"help": "first seed; episode k uses the k-th unused seed after it"})
+    seed: int = field(
+        default=0, metadata={"help": "first seed; episode k uses the k-th unused seed after it", **bounds(0)}
+    )
     workers: int = field(default=1, metadata={"help": "parallel worker processes", **bounds(1)})
     noise: float = field(default=0.0, metadata={"help": "std of Gaussian noise added to expert actions", **bounds(0)})
     keep_failed: bool = field(default=False, metadata={"help": "also store episodes that did not succeed"})

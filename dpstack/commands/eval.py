@@ -25,7 +25,7 @@ class Config:
     )
     out: str = field(default="???", metadata={"help": "directory for eval.json and videos", **OUTPUT_DIRECTORY})
     episodes: int = field(default=50, metadata={"help": "number of episodes (seeds seed, seed+1, ...)", **bounds(1)})
-    seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)"})
+    seed: int | None = field(default=None, metadata={"help": "first seed (default: the task's eval_seed)", **bounds(0)})
     sampler: dict[str, Any] | None = field(
         default=None,
         metadata={

@@ -19,7 +19,9 @@ POSITIONAL = ("checkpoint",)
 class Config:
     checkpoint: str = field(default="???", metadata={"help": "training run or checkpoint dir of a diffuser planner"})
     out: str = field(default="plan.png", metadata={"help": "PNG to write"})
-    seed: int | None = field(default=None, metadata={"help": "episode seed (default: the task's eval_seed)"})
+    seed: int | None = field(
+        default=None, metadata={"help": "episode seed (default: the task's eval_seed)", **bounds(0)}
+    )
     num_inference_steps: int | None = field(
         default=None, metadata={"help": "DDPM steps (default: the planner's)", **bounds(1)}
     )

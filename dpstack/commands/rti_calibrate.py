@@ -32,7 +32,7 @@ class Config:
         default=1, metadata={"help": "actions executed between ticks (the shift)", **bounds(1)}
     )
     max_timestep: int = field(default=20, metadata={"help": "largest timestep shown in the table", **bounds(0)})
-    seed: int = field(default=0, metadata={"help": "seed of the window choice and the sampling noise"})
+    seed: int = field(default=0, metadata={"help": "seed of the window choice and the sampling noise", **bounds(0)})
     threads: int = field(default=1, metadata={"help": "torch intra-op threads", **bounds(1)})
     out: str | None = field(
         default=None, metadata={"help": "directory for rti_calibration.json (optional)", **OUTPUT_DIRECTORY}

@@ -137,9 +137,11 @@ class DPPOConfig:
         default=10, metadata={"help": "iterations between evaluations (0: only at the end)", **bounds(0)}
     )
     eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation (0: none)", **bounds(0)})
-    eval_seed: int = field(default=200_000, metadata={"help": "first seed of the evaluations during training"})
+    eval_seed: int = field(
+        default=200_000, metadata={"help": "first seed of the evaluations during training", **bounds(0)}
+    )
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints", **bounds(1)})
-    seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds"})
+    seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds", **bounds(0)})
     threads: int = field(default=2, metadata={"help": "torch threads", **bounds(1)})
     rollout_threads: int | None = field(
         default=None,

@@ -90,7 +90,9 @@ class PPOConfig:
     snapshot_every: int = field(
         default=0, metadata={"help": "keep checkpoints/iter_<n> every n iterations (0: none)", **bounds(0)}
     )
-    seed: int = field(default=0, metadata={"help": "seed of the weights, the action noise and the env seeds"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of the weights, the action noise and the env seeds", **bounds(0)}
+    )
     threads: int = field(default=1, metadata={"help": "torch threads", **bounds(1)})
     progress: bool = field(default=True, metadata={"help": "print a line per checkpoint"})
 
