@@ -404,7 +404,7 @@ def test_inference_lead_and_realtime_priority_are_checked(
     assert "0 < inference_lead < the period (0.05 s)" in too_long.node.configure_error
     bad_priority = robot_factory(per_action_export, node_name="rt_bad", realtime_priority=100)
     assert bad_priority.node.trigger_configure() == TransitionCallbackReturn.FAILURE
-    assert "realtime_priority must be in [0, 99]" in bad_priority.node.configure_error
+    assert "realtime_priority=100 must be in [0, 99]" in bad_priority.node.configure_error
 
     robot = robot_factory(per_action_export, node_name="rt_policy", rate_hz=20.0, realtime_priority=1)
     robot.start()  # configure runs in this thread: it stands in for the executor's
