@@ -39,7 +39,7 @@ def describe_bounds(rule: tuple[float | None, float | None, bool, bool]) -> str:
 
 def field_violation(field: dataclasses.Field, value: Any) -> str | None:
     """Why `value` breaks `field`'s declared constraint (e.g. "rate_hz=-1 must be >= 0"), or None."""
-    if field.metadata.get("output_directory") and isinstance(value, str) and value and value != "???":
+    if field.metadata.get("output_directory") and isinstance(value, str) and value:  # '???' is no path either
         path = Path(value)
         return f"{field.name}={value} exists and is not a directory" if path.exists() and not path.is_dir() else None
     rule = field.metadata.get("bounds")

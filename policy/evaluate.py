@@ -9,12 +9,13 @@ robosuite: success) and success is its latched ``info["is_success"]``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dpstack.bounds import bounds, check_bounds
 from dpstack.policy.execution import resolve_latency_steps
 from dpstack.policy.rollout import EXTRA_INFO_KEYS, Rollouts, RolloutSpec
 from dpstack.tasks import TaskConfig
@@ -39,20 +40,16 @@ class EvalSpec:
     """
 
     task: TaskConfig
-    episodes: int = 50
-    seed: int | None = None
-    num_envs: int = 1
-    latency_steps: int = 0
+    episodes: int = field(default=50, metadata=bounds(1))
+    seed: int | None = field(default=None, metadata=bounds(0))
+    num_envs: int = field(default=1, metadata=bounds(1))
+    latency_steps: int = field(default=0, metadata=bounds(-1))
     out_dir: Path | None = None
-    videos: int = 2
+    videos: int = field(default=2, metadata=bounds(0))
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.episodes < 1 or self.num_envs < 1 or self.videos < 0:
-            raise ValueError(
-                f"an evaluation needs episodes >= 1, num_envs >= 1 and videos >= 0, got {self.episodes}, "
-                f"{self.num_envs} and {self.videos}"
-            )
+        check_bounds(EvalSpec, vars(self))  # the configs' own rule, for callers that build a spec in code
 
     @property
     def first_seed(self) -> int:
