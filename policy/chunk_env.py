@@ -74,7 +74,7 @@ class ChunkEnv(gym.Wrapper):
         self.continuous, self.seed_stride = continuous, seed_stride
         self.video_path: str | None = None  # set per episode (set_attr) to record it
         self._tick_size = 4 + 2 * actions_per_tick  # see `unpack_tick`
-        self.history = ObservationHistory(n_obs_steps)
+        self.history = ObservationHistory(n_obs_steps, batched=False)
         spaces = env.observation_space.spaces  # type: ignore[attr-defined]
         if TICK_KEY in spaces:
             raise ValueError(f"a task's observation key may not be {TICK_KEY!r}: the rollout harness uses it")
@@ -99,11 +99,11 @@ class ChunkEnv(gym.Wrapper):
                     f"task {self.env.task_spec.name}, seed {self._seed}, step {self._length}: "
                     f"observation '{key}' is not finite"
                 )
-        self.history.observe({k: v[None] for k, v in obs.items()})
+        self.history.observe(obs)
 
     def _stacked(self) -> dict[str, np.ndarray]:
-        """The history as views: the vector env copies them at once, and an episode's start makes new buffers."""
-        return {k: v[0] for k, v in self.history.buffers().items()}
+        """The history's own buffers: the vector env copies them at once, and an episode's start makes new ones."""
+        return self.history.buffers()
 
     def _start(self, seed: int | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         self._seed, self._length, self._return, self._first, self._idle = seed, 0, 0.0, True, False
@@ -120,14 +120,15 @@ class ChunkEnv(gym.Wrapper):
 
     def step(self, chunk: np.ndarray):  # type: ignore[override]
         a = self.actions_per_tick
-        tick = np.zeros(self._tick_size, np.float32)  # the tick's record, returned as obs[TICK_KEY]
         if self._idle:  # waves: this env's episode is over; it waits for the next wave
-            return {**self._last, TICK_KEY: tick}, 0.0, False, False, {}
+            return {**self._last, TICK_KEY: np.zeros(self._tick_size, np.float32)}, 0.0, False, False, {}
         offset = 0 if self._first else self.latency_steps
+        decide_at = a - self.latency_steps  # the step whose history the next chunk is computed from
+        tick = np.zeros(self._tick_size, np.float32)  # the tick's record, returned as obs[TICK_KEY]
         decision, terminated, truncated, info, total, i = None, False, False, {}, 0.0, 0
         for i in range(a):
-            if i == a - self.latency_steps:
-                decision = {k: v.copy() for k, v in self._stacked().items()}  # the next chunk's history
+            if i == decide_at:
+                decision = {k: v.copy() for k, v in self._stacked().items()}
             start = time.perf_counter()
             action = chunk[offset + i]
             tick[4 + a + i] = (time.perf_counter() - start) * 1000  # select_ms
@@ -177,15 +178,16 @@ class ChunkEnv(gym.Wrapper):
 
 
 def unpack_tick(tick: np.ndarray, actions_per_tick: int) -> dict[str, np.ndarray]:
-    """The per-env fields of `ChunkEnv`'s packed tick record obs[TICK_KEY] (N, 4 + 2A)."""
+    """The per-env fields of `ChunkEnv`'s packed tick records obs[TICK_KEY] (..., 4 + 2A), e.g. (N, ...) for
+    one tick or (T, N, ...) for T ticks."""
     a = actions_per_tick
     return {
-        "executed": tick[:, 0].astype(np.int64),
-        "offset": tick[:, 1].astype(np.int64),
-        "terminated": tick[:, 2] != 0,
-        "truncated": tick[:, 3] != 0,
-        "rewards": tick[:, 4 : 4 + a],
-        "select_ms": tick[:, 4 + a :],
+        "executed": tick[..., 0].astype(np.int64),
+        "offset": tick[..., 1].astype(np.int64),
+        "terminated": tick[..., 2] != 0,
+        "truncated": tick[..., 3] != 0,
+        "rewards": tick[..., 4 : 4 + a],
+        "select_ms": tick[..., 4 + a :],
     }
 
 

@@ -40,12 +40,14 @@ class ObservationHistory:
     """The last `n_obs_steps` observations {key: (B, ...)}; stacked as {key: (B, n_obs_steps, ...)}.
 
     Kept in one preallocated (B, n_obs_steps, ...) array per key (a control tick copies, never stacks).
+    ``batched=False`` keeps one env's history: observations {key: (...)}, histories (n_obs_steps, ...)
+    (a rollout worker's per-step path, without a batch axis to add and drop every step).
     """
 
-    def __init__(self, n_obs_steps: int) -> None:
-        self.n_obs_steps = n_obs_steps
+    def __init__(self, n_obs_steps: int, batched: bool = True) -> None:
+        self.n_obs_steps, self.batched = n_obs_steps, batched
         self._buffers: dict[str, np.ndarray] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}  # each key's (B, ...): one tuple compare per step
+        self._shapes: dict[str, tuple[int, ...]] = {}  # each key's observation shape: one tuple compare per step
 
     def clear(self) -> None:
         self._buffers, self._shapes = {}, {}
@@ -55,8 +57,11 @@ class ObservationHistory:
 
     def observe(self, obs: Mapping[str, np.ndarray]) -> None:
         if not self._buffers:  # an episode's first observation fills the whole history (as Diffusion Policy does)
-            self._buffers = {k: np.repeat(np.asarray(v)[:, None], self.n_obs_steps, axis=1) for k, v in obs.items()}
-            self._shapes = {k: (b.shape[0], *b.shape[2:]) for k, b in self._buffers.items()}
+            axis = 1 if self.batched else 0
+            self._buffers = {
+                k: np.repeat(np.expand_dims(np.asarray(v), axis), self.n_obs_steps, axis=axis) for k, v in obs.items()
+            }
+            self._shapes = {k: np.shape(v) for k, v in obs.items()}
             return
         # checked before anything is copied (a bad observation leaves the history as it was); plain loops,
         # as this runs once per env step
@@ -68,18 +73,23 @@ class ObservationHistory:
                 self._changed(obs)
         for key, value in obs.items():
             buffer = self._buffers[key]
-            buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
-            buffer[:, -1] = value
+            if self.batched:
+                buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
+                buffer[:, -1] = value
+            else:
+                buffer[:-1] = buffer[1:]
+                buffer[-1] = value
 
     def _changed(self, obs: Mapping[str, np.ndarray]) -> None:
         raise ValueError(
             f"observation keys or shapes changed within an episode: got "
-            f"{ {k: np.shape(v) for k, v in obs.items()} }, the history holds "
-            f"{ {k: (b.shape[0], *b.shape[2:]) for k, b in self._buffers.items()} } (call clear() between episodes)"
+            f"{ {k: np.shape(v) for k, v in obs.items()} }, the history holds {self._shapes} "
+            f"(call clear() between episodes)"
         )
 
     def buffers(self) -> dict[str, np.ndarray]:
-        """{key: (B, n_obs_steps, ...)} without copying: valid until the next `observe`."""
+        """{key: (B, n_obs_steps, ...)} (unbatched: (n_obs_steps, ...)) without copying: valid until the next
+        `observe`."""
         return self._buffers
 
     def stacked(self) -> dict[str, np.ndarray]:

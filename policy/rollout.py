@@ -184,18 +184,14 @@ class Rollouts:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _step(self, envs: gym.vector.VectorEnv, chunk: np.ndarray, seeds: list[int] | None) -> tuple[Any, Any]:
-        """One tick of every env: (histories, infos); infos["terminated"] / ["truncated"] say which episodes ended."""
-        width = self.spec.latency_steps + self.spec.actions_per_tick
-        if chunk.ndim != 3 or chunk.shape[0] != self.spec.num_envs or chunk.shape[1] < width:
-            raise ValueError(
-                f"the policy must return (N={self.spec.num_envs}, A >= {width}, Da) actions "
-                f"(latency {self.spec.latency_steps} + {self.spec.actions_per_tick} per tick), got {chunk.shape}"
-            )
+    def _step(
+        self, envs: gym.vector.VectorEnv, chunk: np.ndarray, seeds: list[int] | None
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+        """One tick of every env with `chunk` from `_chunk`: (histories, tick records (N, 4 + 2A) (see
+        `unpack_tick`), infos); infos is empty unless an episode ended."""
         try:
-            obs, _, _, _, infos = envs.step(np.ascontiguousarray(chunk[:, :width], dtype=np.float32))
-            tick = obs[TICK_KEY].copy()  # the vector env's buffer changes with the next step
-            return _histories(obs), {**infos, **unpack_tick(tick, self.spec.actions_per_tick)}
+            obs, _, _, _, infos = envs.step(chunk)
+            return _histories(obs), obs[TICK_KEY].copy(), infos  # the vector env's buffer changes next step
         except RolloutError:
             self._abandon()
             raise
@@ -205,6 +201,19 @@ class Rollouts:
             raise RolloutError(
                 f"task {self.spec.task.name}: an env worker failed{where}: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _chunk(self, actions: Any) -> np.ndarray:
+        """The policy's actions as the (N, latency + A, Da) float32 chunk every env executes part of."""
+        if torch.is_tensor(actions):
+            actions = actions.detach().cpu().numpy()
+        actions = np.asarray(actions)
+        width = self.spec.latency_steps + self.spec.actions_per_tick
+        if actions.ndim != 3 or actions.shape[0] != self.spec.num_envs or actions.shape[1] < width:
+            raise ValueError(
+                f"the policy must return (N={self.spec.num_envs}, A >= {width}, Da) actions "
+                f"(latency {self.spec.latency_steps} + {self.spec.actions_per_tick} per tick), got {actions.shape}"
+            )
+        return np.ascontiguousarray(actions[:, :width], dtype=np.float32)
 
     # ------------------------------------------------------------------ evaluation: waves of fixed seeds
     def evaluate(
@@ -239,9 +248,10 @@ class Rollouts:
             final: list[dict[str, Any] | None] = [None] * n
             while any(f is None for f in final):
                 start = time.perf_counter()
-                chunk = np.asarray(_actions(source(obs)))
+                chunk = self._chunk(_actions(source(obs)))
                 elapsed = (time.perf_counter() - start) * 1000
-                obs, infos = self._step(envs, chunk, seeds)
+                obs, tick, infos = self._step(envs, chunk, seeds)
+                infos.update(unpack_tick(tick, self.spec.actions_per_tick))
                 terminated, truncated = infos["terminated"], infos["truncated"]
                 running = max(int(infos["executed"].max()), 1)
                 ticks_ms.append(elapsed + float(infos["select_ms"][:, 0].max()))
@@ -270,48 +280,49 @@ class Rollouts:
         if self._next_obs is None:
             self._seeds = [seed + j for j in range(n)]  # each env's current episode, for error messages
             self._next_obs = _histories(envs.reset(seed=self._seeds)[0])
-        a, rows = self.spec.actions_per_tick, np.arange(n)[:, None]
         obs_ticks: list[dict[str, np.ndarray]] = []
-        actions, rewards, terminated, truncated, executed = [], [], [], [], 0
+        chunks: list[np.ndarray] = []
+        tick_records: list[np.ndarray] = []
         finals: list[tuple[int, int, dict[str, np.ndarray]]] = []  # (tick, env, last history) of ended episodes
         extras: dict[str, list] = {}
         episodes: list[dict[str, Any]] = []
+        # per tick only what cannot wait (the step, the episodes that ended); the records are unpacked once,
+        # for all ticks together, after the loop: this loop's own cost is per tick, shared by N env steps
         for t in range(ticks):
             obs = {k: v.copy() for k, v in self._next_obs.items()}  # the vector env reuses its buffers
             out = policy(obs)
-            chunk, extra = out if isinstance(out, tuple) else (out, {})
-            chunk = np.asarray(chunk.detach().cpu() if torch.is_tensor(chunk) else chunk, np.float32)
-            self._next_obs, infos = self._step(envs, chunk, self._seeds)
-            term, trunc = infos["terminated"], infos["truncated"]
-            actions.append(chunk[rows, infos["offset"][:, None] + np.arange(a)])  # each env's executed part
+            actions, extra = out if isinstance(out, tuple) else (out, {})
+            chunk = self._chunk(actions)
+            self._next_obs, tick, infos = self._step(envs, chunk, self._seeds)
             obs_ticks.append(obs)
-            rewards.append(infos["rewards"])
-            terminated.append(term)
-            truncated.append(trunc)
-            executed += int(infos["executed"].sum())
+            chunks.append(chunk)
+            tick_records.append(tick)
             for name, value in extra.items():
                 extras.setdefault(name, []).append(torch.as_tensor(value))
-            for i in np.flatnonzero(term | trunc):
-                episodes.append(_episode(infos, i))
-                finals.append((t, i, {k: infos[f"final_{k}"][i] for k in obs}))
-                self._seeds[i] = episodes[-1]["seed"] + n
+            if infos:  # an episode ended (a ChunkEnv's info is empty otherwise)
+                for i in np.flatnonzero(tick[:, 2] + tick[:, 3]):  # terminated or truncated
+                    episodes.append(_episode(infos, i))
+                    finals.append((t, i, {k: infos[f"final_{k}"][i] for k in obs}))
+                    self._seeds[i] = episodes[-1]["seed"] + n
         final_obs = {k: np.zeros((ticks, *v.shape), v.dtype) for k, v in obs_ticks[0].items()}
         for t, i, history in finals:
             for k, v in history.items():
                 final_obs[k][t, i] = v
-        rewards_array = np.stack(rewards).astype(np.float32, copy=False)
+        record = unpack_tick(np.stack(tick_records), self.spec.actions_per_tick)  # (T, N, ...)
+        executed_index = record["offset"][..., None] + np.arange(self.spec.actions_per_tick)  # (T, N, A)
+        rewards = np.ascontiguousarray(record["rewards"])
         batch = RolloutBatch(
             obs={k: torch.as_tensor(np.stack([o[k] for o in obs_ticks])) for k in obs_ticks[0]},
-            actions=torch.as_tensor(np.stack(actions)),
-            rewards=torch.as_tensor(rewards_array),
-            reward=torch.as_tensor(rewards_array.sum(axis=2)),
-            terminated=torch.as_tensor(np.stack(terminated)),
-            truncated=torch.as_tensor(np.stack(truncated)),
+            actions=torch.as_tensor(np.take_along_axis(np.stack(chunks), executed_index[..., None], axis=2)),
+            rewards=torch.as_tensor(rewards),
+            reward=torch.as_tensor(rewards.sum(axis=2)),
+            terminated=torch.as_tensor(record["terminated"]),
+            truncated=torch.as_tensor(record["truncated"]),
             final_obs={k: torch.as_tensor(v) for k, v in final_obs.items()},
             next_obs={k: torch.as_tensor(v.copy()) for k, v in self._next_obs.items()},
             extras={k: torch.stack(v) for k, v in extras.items()},
             episodes=episodes,
-            env_steps=executed,
+            env_steps=int(record["executed"].sum()),
         )
         return batch
 

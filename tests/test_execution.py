@@ -53,6 +53,20 @@ def test_history_refuses_changed_keys_or_shapes_and_keeps_what_it_held(bad: dict
     np.testing.assert_array_equal(history.stacked()["x"], [[[1.0, 2.0], [3.0, 4.0]]])
 
 
+def test_unbatched_history_of_one_env() -> None:
+    # a rollout worker's history: observations without a batch axis, histories (n_obs_steps, ...)
+    history = ObservationHistory(3, batched=False)
+    history.observe({"x": np.array([1.0, 2.0])})
+    np.testing.assert_array_equal(history.buffers()["x"], [[1.0, 2.0]] * 3)  # the first one repeated
+    history.observe({"x": np.array([3.0, 4.0])})
+    history.observe({"x": np.array([5.0, 6.0])})
+    history.observe({"x": np.array([7.0, 8.0])})
+    np.testing.assert_array_equal(history.stacked()["x"], [[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+    with pytest.raises(ValueError, match=r"got \{'x': \(1, 2\)\}, the history holds \{'x': \(2,\)\}"):
+        history.observe({"x": np.array([[9.0, 9.0]])})
+    np.testing.assert_array_equal(history.stacked()["x"][-1], [7.0, 8.0])
+
+
 def test_policy_select_action_uses_the_shared_runner() -> None:
     features = {"state": Feature((3,))}
     normalizer = Normalizer(
