@@ -15,13 +15,13 @@ Writes benchmarks/results/rollout.{json,md}. `--overhead` instead measures where
 path goes, with a simulator that does nothing (`NullEnv`: a Hopper-shaped observation, TaskEnv's info),
 so the layers' own Python costs show without the simulator's noise: microseconds per env step of the bare
 vector env, the old eval path, `ChunkEnv.step` alone, a vector env of `ChunkEnv`s, and the harness
-(benchmarks/results/rollout_overhead.{json,md}).
+(benchmarks/results/rollout_overhead.{json,md}); and one real Hopper env alone and inside a `ChunkEnv`, whose
+difference is `ChunkEnv`'s cost next to a real simulator.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from benchmarks.report import write_results
+from benchmarks.report import merge_with_previous, write_results
 from dpstack.envs.registry import make_env, task_spec
 from dpstack.policy.execution import RecedingHorizon
 from dpstack.policy.rollout import ChunkEnv, Rollouts, RolloutSpec
@@ -160,12 +160,32 @@ def overhead(n: int, ticks: int, repeats: int) -> list[dict]:
         rollouts.collect(lambda h: chunk, ticks=1)
         return rollouts.collect(lambda h: chunk, ticks=ticks).env_steps
 
+    hopper = TaskConfig(name="hopper")
+    hopper_action = _constant_action(hopper).astype(np.float32)
+
+    def hopper_alone() -> int:  # the real simulator: its steps leave the caches cold for the layers around it
+        env = make_env(hopper)
+        env.reset(seed=0)
+        for _ in range(ticks * n):
+            if any(env.step(hopper_action)[2:4]):
+                env.reset()
+        return ticks * n
+
+    def chunk_env_over_hopper() -> int:
+        env = ChunkEnv(make_env(hopper), 2, 1, 0, True)
+        env.reset(seed=0)
+        for _ in range(ticks * n):
+            env.step(hopper_action[None])
+        return ticks * n
+
     layers = {
         "bare vector env (SAME_STEP autoreset)": bare_vector,
         "old eval path (vector env + one RecedingHorizon)": old_path,
         "ChunkEnv.step alone (one env)": chunk_env_alone,
         "vector env of ChunkEnvs": chunk_env_vector,
         "harness (Rollouts.collect)": harness_collect,
+        "Hopper TaskEnv.step alone (one env, real simulator)": hopper_alone,
+        "ChunkEnv over Hopper (one env, real simulator)": chunk_env_over_hopper,
     }
     runs: dict[str, list[float]] = {name: [] for name in layers}
     for _ in range(repeats):  # interleaved, so the machine's drift hits every layer alike
@@ -205,6 +225,10 @@ def main() -> None:
         columns = [("layer", "layer"), ("N", "num_envs"), ("us per env step (median)", "us_per_env_step")]
         write_results(args.out, "rollout_overhead", rows, columns, {"command": command})
         return
+    command = "python -m benchmarks.rollout " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "overhead")
+    )
+    measured = time.strftime("%Y-%m-%d %H:%M")
     rows = []
     for name in args.tasks.split(","):
         task = TaskConfig(name=name, max_steps=300 if name == "pusht" else None)
@@ -225,16 +249,12 @@ def main() -> None:
                 }
                 row["bare_over_harness"] = row["bare_sps"] / row["harness_sps"]
                 row["harness_over_old"] = row["harness_sps"] / row["old_sps"]
-                row["runs"] = runs
+                row.update(runs=runs, measured=measured, command=command)  # rows of several runs share the table
                 print(row, flush=True)
                 rows.append(row)
-    previous = args.out / "rollout.json"
-    if previous.exists():  # keep the rows (task, N, workers) this run did not measure
-        done = {(r["task"], r["num_envs"], r["mode"]) for r in rows}
-        kept = [
-            r for r in json.loads(previous.read_text())["rows"] if (r["task"], r["num_envs"], r["mode"]) not in done
-        ]
-        rows = sorted(kept + rows, key=lambda r: (r["task"], r["num_envs"], r["mode"]))
+    # keep the rows (task, N, workers) this run did not measure
+    rows = merge_with_previous(args.out, "rollout", rows, key=lambda r: (r["task"], r["num_envs"], r["mode"]))
+    rows.sort(key=lambda r: (r["task"], r["num_envs"], r["mode"]))
     for row in rows:
         add_paired_ratio(row)
     columns = [
@@ -247,11 +267,12 @@ def main() -> None:
         ("bare / harness", "bare_over_harness"),
         ("harness / old", "harness_over_old"),
         ("harness / old, paired", "harness_over_old_paired"),
+        ("measured", "measured"),
     ]
     meta = {
-        "command": "python -m benchmarks.rollout "
-        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "note": "medians of interleaved repeats; constant actions, no network: the rollout layer's own cost",
+        "command": command,
+        "note": "medians of interleaved repeats; constant actions, no network: the rollout layer's own cost; "
+        "each row names the run (command, date) that measured it",
     }
     write_results(args.out, "rollout", rows, columns, meta)
 
