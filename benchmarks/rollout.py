@@ -4,8 +4,9 @@ For each task and N (environments), measured side by side in one run (median of 
 
 - bare: a gymnasium vector env of the task envs (same N, async = one worker process per env, or sync)
   stepped one action per step with constant actions: the simulators' own rate with that worker layout;
-- harness: `Rollouts.collect` with a policy that returns a constant chunk (8 actions per tick for
-  Push-T, 1 for Hopper; the rollout layer's bookkeeping included, the network excluded);
+- harness: `Rollouts.collect` with a policy that returns a constant chunk, in the layouts of the policies
+  dpstack ships (`LAYOUTS`: observation steps and actions per tick; the rollout layer's bookkeeping
+  included, the network excluded);
 - old eval path: the evaluator loop before the harness (vector env stepped per tick, one shared
   `RecedingHorizon`), with the same constant chunk source.
 
@@ -22,6 +23,7 @@ difference is `ChunkEnv`'s cost next to a real simulator.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +39,11 @@ from dpstack.policy.execution import RecedingHorizon
 from dpstack.policy.rollout import ChunkEnv, Rollouts, RolloutSpec
 from dpstack.tasks import TaskConfig
 
-CHUNK = {"pusht": 8, "hopper": 1}
+# (observation steps, actions per tick) of the policies dpstack ships for each task: Push-T's Diffusion
+# Policy; Hopper's Gaussian PPO (the worst case for per-step costs: one action per tick) and its Diffusion
+# Policy / DPPO preset (`policy=mlp-locomotion`)
+LAYOUTS = {"pusht": [(2, 8)], "hopper": [(1, 1), (1, 4)]}
+Layout = tuple[int, int]
 
 
 def _vector(task: TaskConfig, n: int, mode: str) -> gym.vector.VectorEnv:
@@ -66,9 +72,9 @@ def bare(task: TaskConfig, n: int, mode: str, steps: int) -> float:
     return ticks * n / elapsed
 
 
-def harness(task: TaskConfig, n: int, mode: str, steps: int) -> float:
-    chunk_len = CHUNK[task.name]
-    spec = RolloutSpec(task, n, n_obs_steps=2, actions_per_tick=chunk_len, vectorization=mode)
+def harness(task: TaskConfig, n: int, mode: str, steps: int, layout: Layout) -> float:
+    obs_steps, chunk_len = layout
+    spec = RolloutSpec(task, n, n_obs_steps=obs_steps, actions_per_tick=chunk_len, vectorization=mode)
     chunk = np.repeat(np.repeat(_constant_action(task)[None, None], chunk_len, 1), n, 0).astype(np.float32)
     with Rollouts(spec) as rollouts:
         rollouts.collect(lambda h: chunk, ticks=1)  # warm-up
@@ -79,12 +85,12 @@ def harness(task: TaskConfig, n: int, mode: str, steps: int) -> float:
     return batch.env_steps / elapsed
 
 
-def old_eval_path(task: TaskConfig, n: int, mode: str, steps: int) -> float:
+def old_eval_path(task: TaskConfig, n: int, mode: str, steps: int, layout: Layout) -> float:
     """The evaluator's loop before the harness: per-tick vector steps through one RecedingHorizon."""
-    chunk_len = CHUNK[task.name]
+    obs_steps, chunk_len = layout
     envs = _vector(task, n, mode)
     chunk = np.repeat(np.repeat(_constant_action(task)[None, None], chunk_len, 1), n, 0).astype(np.float32)
-    controller = RecedingHorizon(lambda h: chunk, 2, chunk_len)
+    controller = RecedingHorizon(lambda h: chunk, obs_steps, chunk_len)
     obs, _ = envs.reset(seed=0)
     obs, *_ = envs.step(controller.select_action(obs))
     ticks = max(1, steps // n)
@@ -206,6 +212,10 @@ def add_paired_ratio(row: dict) -> None:
         )
 
 
+def _row_key(row: dict) -> tuple:
+    return row["task"], row["obs_steps"], row["actions_per_tick"], row["num_envs"], row["mode"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="pusht,hopper")
@@ -232,19 +242,21 @@ def main() -> None:
     rows = []
     for name in args.tasks.split(","):
         task = TaskConfig(name=name, max_steps=300 if name == "pusht" else None)
-        for n in (int(v) for v in args.envs.split(",")):
+        for layout, n in itertools.product(LAYOUTS[name], (int(v) for v in args.envs.split(","))):
             for mode in args.modes.split(","):
                 if mode == "async" and n == 1:
                     continue
                 runs = {"bare": [], "harness": [], "old": []}
                 for _ in range(args.repeats):  # interleaved, so drift hits all three alike
                     runs["bare"].append(bare(task, n, mode, args.steps))
-                    runs["harness"].append(harness(task, n, mode, args.steps))
-                    runs["old"].append(old_eval_path(task, n, mode, args.steps))
+                    runs["harness"].append(harness(task, n, mode, args.steps, layout))
+                    runs["old"].append(old_eval_path(task, n, mode, args.steps, layout))
                 row = {
                     "task": name,
                     "num_envs": n,
                     "mode": mode,
+                    "obs_steps": layout[0],
+                    "actions_per_tick": layout[1],
                     **{f"{k}_sps": statistics.median(v) for k, v in runs.items()},
                 }
                 row["bare_over_harness"] = row["bare_sps"] / row["harness_sps"]
@@ -252,15 +264,17 @@ def main() -> None:
                 row.update(runs=runs, measured=measured, command=command)  # rows of several runs share the table
                 print(row, flush=True)
                 rows.append(row)
-    # keep the rows (task, N, workers) this run did not measure
-    rows = merge_with_previous(args.out, "rollout", rows, key=lambda r: (r["task"], r["num_envs"], r["mode"]))
-    rows.sort(key=lambda r: (r["task"], r["num_envs"], r["mode"]))
+    # keep the rows (task, layout, N, workers) this run did not measure
+    rows = merge_with_previous(args.out, "rollout", rows, key=_row_key)
+    rows.sort(key=_row_key)
     for row in rows:
         add_paired_ratio(row)
     columns = [
         ("task", "task"),
         ("N", "num_envs"),
         ("workers", "mode"),
+        ("obs steps", "obs_steps"),
+        ("actions / tick", "actions_per_tick"),
         ("bare sim steps/s", "bare_sps"),
         ("harness steps/s", "harness_sps"),
         ("old eval path steps/s", "old_sps"),

@@ -71,13 +71,16 @@ class ObservationHistory:
         for key, value in obs.items():
             if np.shape(value) != shapes.get(key):
                 self._changed(obs)
+        shift = self.n_obs_steps > 1  # a one-step history only overwrites (no empty copy per step)
         for key, value in obs.items():
             buffer = self._buffers[key]
             if self.batched:
-                buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
+                if shift:
+                    buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
                 buffer[:, -1] = value
             else:
-                buffer[:-1] = buffer[1:]
+                if shift:
+                    buffer[:-1] = buffer[1:]
                 buffer[-1] = value
 
     def _changed(self, obs: Mapping[str, np.ndarray]) -> None:

@@ -65,6 +65,11 @@ def test_unbatched_history_of_one_env() -> None:
     with pytest.raises(ValueError, match=r"got \{'x': \(1, 2\)\}, the history holds \{'x': \(2,\)\}"):
         history.observe({"x": np.array([[9.0, 9.0]])})
     np.testing.assert_array_equal(history.stacked()["x"][-1], [7.0, 8.0])
+    for batched in (True, False):  # a one-step history keeps the newest observation only
+        one = ObservationHistory(1, batched=batched)
+        for value in ([1.0, 2.0], [3.0, 4.0]):
+            one.observe({"x": np.array([value] if batched else value)})
+        np.testing.assert_array_equal(one.stacked()["x"], [[[3.0, 4.0]]] if batched else [[3.0, 4.0]])
 
 
 def test_policy_select_action_uses_the_shared_runner() -> None:
