@@ -128,7 +128,7 @@ class ChunkEnv(gym.Wrapper):
         decision, terminated, truncated, info, total, i = None, False, False, {}, 0.0, 0
         for i in range(a):
             if i == decide_at:
-                decision = {k: v.copy() for k, v in self._stacked().items()}
+                decision = {k: v.copy() for k, v in self._stacked().items()}  # the next chunk's history
             start = time.perf_counter()
             action = chunk[offset + i]
             tick[4 + a + i] = (time.perf_counter() - start) * 1000  # select_ms

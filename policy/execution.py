@@ -46,6 +46,8 @@ class ObservationHistory:
 
     def __init__(self, n_obs_steps: int, batched: bool = True) -> None:
         self.n_obs_steps, self.batched = n_obs_steps, batched
+        lead = (slice(None),) if batched else ()  # the batch axis, when there is one, comes before the history's
+        self._older, self._newer, self._newest = (*lead, slice(None, -1)), (*lead, slice(1, None)), (*lead, -1)
         self._buffers: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}  # each key's observation shape: one tuple compare per step
 
@@ -74,14 +76,9 @@ class ObservationHistory:
         shift = self.n_obs_steps > 1  # a one-step history only overwrites (no empty copy per step)
         for key, value in obs.items():
             buffer = self._buffers[key]
-            if self.batched:
-                if shift:
-                    buffer[:, :-1] = buffer[:, 1:]  # copies the caller's values in; never keeps their arrays
-                buffer[:, -1] = value
-            else:
-                if shift:
-                    buffer[:-1] = buffer[1:]
-                buffer[-1] = value
+            if shift:
+                buffer[self._older] = buffer[self._newer]
+            buffer[self._newest] = value  # copies the caller's values in; never keeps their arrays
 
     def _changed(self, obs: Mapping[str, np.ndarray]) -> None:
         raise ValueError(

@@ -300,7 +300,8 @@ class Rollouts:
             for name, value in extra.items():
                 extras.setdefault(name, []).append(torch.as_tensor(value))
             if infos:  # an episode ended (a ChunkEnv's info is empty otherwise)
-                for i in np.flatnonzero(tick[:, 2] + tick[:, 3]):  # terminated or truncated
+                ended = unpack_tick(tick, self.spec.actions_per_tick)
+                for i in np.flatnonzero(ended["terminated"] | ended["truncated"]):
                     episodes.append(_episode(infos, i))
                     finals.append((t, i, {k: infos[f"final_{k}"][i] for k in obs}))
                     self._seeds[i] = episodes[-1]["seed"] + n
