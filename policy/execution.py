@@ -71,7 +71,8 @@ class ObservationHistory:
         if len(obs) != len(shapes):
             self._changed(obs)
         for key, value in obs.items():
-            if np.shape(value) != shapes.get(key):
+            shape = value.shape if type(value) is np.ndarray else np.shape(value)  # np.shape costs ~0.1 us more
+            if shape != shapes.get(key):
                 self._changed(obs)
         shift = self.n_obs_steps > 1  # a one-step history only overwrites (no empty copy per step)
         for key, value in obs.items():

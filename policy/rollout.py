@@ -253,7 +253,12 @@ class Rollouts:
                 obs, tick, infos = self._step(envs, chunk, seeds)
                 infos.update(unpack_tick(tick, self.spec.actions_per_tick))
                 terminated, truncated = infos["terminated"], infos["truncated"]
-                running = max(int(infos["executed"].max()), 1)
+                if not infos["executed"].any():  # every env idles, yet an episode never reported its end
+                    raise RolloutError(
+                        f"task {self.spec.task.name}: the episodes on seeds "
+                        f"{[s for s, f in zip(seeds, final, strict=True) if f is None]} stopped without ending"
+                    )
+                running = int(infos["executed"].max())
                 ticks_ms.append(elapsed + float(infos["select_ms"][:, 0].max()))
                 ticks_ms.extend(float(v) for v in infos["select_ms"][:, 1:running].max(axis=0))
                 inference_ms.append(elapsed)

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -58,6 +59,64 @@ def test_batched_rollouts_equal_one_env_at_a_time() -> None:
             alone += single.evaluate(_scripted, episodes=1, seed=seed)["episodes"]
     assert together == alone
     assert [e["seed"] for e in together] == [7, 8, 9] and all(e["steps"] == 30 for e in together)
+
+
+def _hopper_policy(history: dict[str, np.ndarray]) -> np.ndarray:
+    """Deterministic in the observation (so async and sync runs take the same actions): falls within ~30 steps."""
+    state = history["state"][:, -1]
+    return np.tanh(state[:, None, :3] * 3.0 + 0.5).astype(np.float32)
+
+
+def test_async_workers_give_the_same_ticks_as_one_process() -> None:
+    """The async path writes histories and tick records through shared memory (`TickObservationSpace`)."""
+    task = TaskConfig(name="hopper", max_steps=30)
+    batches = {}
+    for mode in ("sync", "async"):
+        spec = RolloutSpec(task, num_envs=3, n_obs_steps=2, actions_per_tick=1, vectorization=mode)
+        with Rollouts(spec) as rollouts:
+            batches[mode] = rollouts.collect(_hopper_policy, ticks=40, seed=5)
+    sync, asynchronous = batches["sync"], batches["async"]
+    assert sync.episodes == asynchronous.episodes and len(sync.episodes) >= 3
+    for name in ("actions", "rewards", "terminated", "truncated"):
+        assert torch.equal(getattr(sync, name), getattr(asynchronous, name)), name
+    for name in ("obs", "final_obs", "next_obs"):
+        assert torch.equal(getattr(sync, name)["state"], getattr(asynchronous, name)["state"]), name
+    assert asynchronous.terminated.any()  # the episodes ended (and restarted) inside the workers
+
+
+def test_the_vector_env_transports_match_gymnasiums() -> None:
+    """`TickObservationSpace`'s shared-memory writes (several envs, interleaved) and sync rows land where
+    gymnasium's own Dict code puts them."""
+    import multiprocessing
+
+    from gymnasium.vector.utils import (
+        concatenate,
+        create_empty_array,
+        create_shared_memory,
+        read_from_shared_memory,
+        write_to_shared_memory,
+    )
+
+    env = ChunkEnv(make_env(TaskConfig(name="pusht", max_steps=5)), n_obs_steps=2, actions_per_tick=3)
+    space = env.observation_space
+    plain = gym.spaces.Dict(space.spaces)
+    ours, theirs = (create_shared_memory(space, n=3, ctx=multiprocessing) for _ in range(2))
+    rng = np.random.default_rng(0)
+    sample = lambda: {k: rng.normal(size=s.shape).astype(s.dtype) for k, s in space.spaces.items()}  # noqa: E731
+    for index in (2, 0, 0, 1, 2):
+        value = sample()
+        write_to_shared_memory(space, index, value, ours)
+        write_to_shared_memory(plain, index, value, theirs)
+        got, want = (read_from_shared_memory(plain, memory, n=3) for memory in (ours, theirs))
+        for key in space.spaces:
+            np.testing.assert_array_equal(got[key], want[key])
+            np.testing.assert_array_equal(got[key][index], value[key])
+    items = [sample() for _ in range(3)]
+    got = concatenate(space, items, create_empty_array(space, n=3))
+    want = concatenate(plain, items, create_empty_array(plain, n=3))
+    assert got.keys() == want.keys()
+    for key in space.spaces:
+        np.testing.assert_array_equal(got[key], want[key])
 
 
 def test_continuous_collect_autoresets_keeps_termination_apart_and_stores_extras() -> None:
