@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.report import merge_with_previous, write_results
+from benchmarks.report import machine, merge_with_previous, write_results
 from dpstack.policy.runtime import read_export_metadata
 
 RESULTS = Path(__file__).parent / "results"
@@ -453,12 +453,15 @@ def main() -> None:
             ("inference p50 ms", "inference_p50_ms"),
             ("inference p99 ms", "inference_p99_ms"),
             ("inference max ms", "inference_max_ms"),
+            ("measured", "measured"),
         ]
         command = f"python -m benchmarks.ros --part rate --rate-models {' '.join(map(str, models))} "
         command += f"--rates {args.rates} --seconds {args.seconds:g}"
         command += f" --probe-hz {args.probe_hz:g} --node-settings " + " ".join(map(shlex.quote, args.node_settings))
-        for row in rows:  # each row keeps the command that measured it when later runs add or replace rows
-            row["command"] = command
+        measured, cpu = time.strftime("%Y-%m-%d %H:%M"), machine()
+        # each row keeps the command, date and CPU that measured it when later runs add or replace rows
+        for row in rows:
+            row.update(command=command, measured=measured, machine=cpu)
         rows = merge_with_previous(
             RESULTS, "ros_rate", rows, key=lambda r: (r["model"], r.get("settings", "defaults"), r["rate_hz"])
         )
