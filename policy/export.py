@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -117,19 +118,27 @@ def _export(
     )
     if isinstance(module, TickGraph | ConditionGraph):  # forward(*inputs): one varargs entry
         dynamic_shapes = (dynamic_shapes,)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
+    # the exporter logs a warning per torchvision operator it skips when torchvision is absent (dpstack does
+    # not use it): four lines per graph, noise to a user
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry_level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(registry_level)
 
 
 def _io(names: list[str], tensors: Sequence[torch.Tensor], batch_axis: dict[str, int]) -> list[dict[str, Any]]:
