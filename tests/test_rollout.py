@@ -201,6 +201,25 @@ def test_the_finiteness_check_matches_numpy(value: np.ndarray, finite: bool) -> 
     assert _finite(value) is finite and bool(np.isfinite(value).all()) is finite
 
 
+def test_an_evaluation_whose_envs_stop_reporting_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envs that all idle while episodes have not reported their end (a broken transport) end the evaluation."""
+
+    def silent_step(self: ChunkEnv, chunk: np.ndarray):
+        return {**self.history.buffers(), TICK_KEY: np.zeros(self._tick_size, np.float32)}, 0.0, False, False, {}
+
+    monkeypatch.setattr(ChunkEnv, "step", silent_step)
+    spec = RolloutSpec(TaskConfig(name="pointmaze-umaze", max_steps=20), 2, 1, 2, vectorization="sync")
+    calls = []
+
+    def policy(history: dict[str, np.ndarray]) -> np.ndarray:
+        calls.append(1)
+        assert len(calls) < 50, "the evaluation would never end"  # without the check: fail, do not hang
+        return np.zeros((2, 2, 2), np.float32)
+
+    with Rollouts(spec) as rollouts, pytest.raises(RolloutError, match=r"seeds \[3, 4\] stopped without ending"):
+        rollouts.evaluate(policy, episodes=2, seed=3)
+
+
 def test_a_dead_worker_is_an_error_naming_the_task() -> None:
     spec = RolloutSpec(TaskConfig(name="pointmaze-umaze", max_steps=20), num_envs=2, n_obs_steps=1, actions_per_tick=2)
     rollouts = Rollouts(spec)
