@@ -54,8 +54,9 @@ class TickObservationSpace(gym.spaces.Dict):
 
     A vector env moves every env's observation at every env step, and one-action ticks make that the
     harness's main per-step cost next to a MuJoCo step: gymnasium's Dict code wraps each key's whole
-    shared-memory buffer in a new numpy array per write (~4 us per key here) and stacks the per-env
-    observations with `np.stack` per key (~1-2 us per env step for Hopper's two keys at N = 16, profiled).
+    shared-memory buffer in a new numpy array per write and stacks the per-env observations with `np.stack`
+    per key (development timings, not a repository benchmark: ~4 us per key and write, ~1-2 us per env step
+    for Hopper's two keys at N = 16; the effect on the harness is in `python -m benchmarks.rollout`).
     """
 
     _views: tuple[Any, int, list[tuple[str, np.ndarray]]] | None = None  # (shared memory, env index, views)
