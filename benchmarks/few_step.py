@@ -11,7 +11,8 @@ DDPM-100 is taken episode by episode (paired) and reported with its standard err
 
 An existing eval.json under --out is reused (`--fresh` re-runs it). Rows go to
 benchmarks/results/few_step.json and few_step.md, merged with the rows of earlier runs by (sampler,
-checkpoint, first seed).
+checkpoint, first seed). few_step_pooled.json and .md pool each sampler's seed blocks (paired with DDPM-100 of
+the network it was run against, on the same seeds).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def main() -> None:
                     "nfe_per_action": record["nfe_per_action"],
                     "diff_vs_ddpm100": float(diff.mean()),
                     "diff_se": float(diff.std(ddof=1) / np.sqrt(n)),
+                    "reference_checkpoint": args.standard,
                     "command": command,
                 }
             )
@@ -130,6 +132,63 @@ def main() -> None:
         )
     )
     write_results(RESULTS, "few_step", rows, columns, {"command": command, "reference": REFERENCE})
+    write_results(
+        RESULTS,
+        "few_step_pooled",
+        pooled(rows),
+        [
+            ("task", "task"),
+            ("sampler", "sampler"),
+            ("checkpoint", "checkpoint"),
+            ("DDPM-100 of", "reference_checkpoint"),
+            ("seed blocks", "first_seeds"),
+            ("episodes", "episodes"),
+            ("NFE / action (measured)", "nfe_per_action"),
+            ("mean score", "mean_score"),
+            ("success", "success_rate"),
+            ("DDPM-100 score, same seeds", "reference_score"),
+            ("minus DDPM-100 (paired)", "diff_vs_ddpm100"),
+            ("paired SE", "diff_se"),
+        ],
+        {
+            "note": "every seed block a sampler was run on, pooled (blocks of equal size: means of block means, "
+            "SE = sqrt(sum of block SE^2) / blocks)",
+            "rows_from": "few_step.json",
+        },
+    )
+
+
+def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, sampler, checkpoint, reference network) over all its seed blocks of equal size."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["sampler"], row["checkpoint"], row["reference_checkpoint"]), []).append(row)
+    out = []
+    for (task, sampler, checkpoint, reference), blocks in groups.items():
+        if len({b["episodes"] for b in blocks}) != 1:
+            raise ValueError(f"{sampler} of {checkpoint}: seed blocks of different sizes, cannot pool them")
+        seeds = sorted(b["first_seed"] for b in blocks)
+        ref = [
+            r for r in rows if r["sampler"] == REFERENCE and r["checkpoint"] == reference and r["first_seed"] in seeds
+        ]
+        k = len(blocks)
+        out.append(
+            {
+                "task": task,
+                "sampler": sampler,
+                "checkpoint": checkpoint,
+                "reference_checkpoint": reference,
+                "first_seeds": ",".join(map(str, seeds)),
+                "episodes": sum(b["episodes"] for b in blocks),
+                "nfe_per_action": float(np.mean([b["nfe_per_action"] for b in blocks])),
+                "mean_score": float(np.mean([b["mean_score"] for b in blocks])),
+                "success_rate": float(np.mean([b["success_rate"] for b in blocks])),
+                "reference_score": float(np.mean([r["mean_score"] for r in ref])) if len(ref) == k else None,
+                "diff_vs_ddpm100": float(np.mean([b["diff_vs_ddpm100"] for b in blocks])),
+                "diff_se": float(np.sqrt(sum(b["diff_se"] ** 2 for b in blocks)) / k),
+            }
+        )
+    return out
 
 
 if __name__ == "__main__":
