@@ -195,6 +195,17 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def _same_runs(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `new`'s runs are `old`'s, resumed: every run both rows log began with the same invocation."""
+
+    def first_starts(row: dict[str, Any]) -> dict[str, str]:
+        return {name: log[0].get("started") for name, log in row.get("run_logs", {}).items() if log}
+
+    before, now = first_starts(old), first_starts(new)
+    shared = before.keys() & now.keys()
+    return bool(shared) and all(before[name] == now[name] for name in shared)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="halfcheetah")
@@ -218,7 +229,8 @@ def main() -> None:
         before = {r["task"]: r for r in json.loads(previous.read_text())["rows"]}
         for row in rows:  # a stage that resumed a run also stands on the earlier invocations' commands
             old = before.get(row["task"], {})
-            row["earlier_commands"] = old.get("earlier_commands", []) + old.get("commands", [])
+            if _same_runs(old, row):  # not when the runs were made anew (a lost run directory, a new pretraining)
+                row["earlier_commands"] = old.get("earlier_commands", []) + old.get("commands", [])
         measured = {r["task"] for r in rows}
         rows = [r for task, r in before.items() if task not in measured] + rows
     columns = [
