@@ -1,0 +1,61 @@
+"""The benchmarks' bookkeeping that the README's tables stand on: pooling seed blocks, carrying commands over."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.few_step import pooled
+from benchmarks.finetune import _same_runs
+
+
+def _block(sampler: str, seed: int, score: float, diff: float, se: float, checkpoint: str = "student") -> dict:
+    return {
+        "task": "pusht",
+        "sampler": sampler,
+        "checkpoint": checkpoint,
+        "reference_checkpoint": "teacher",
+        "first_seed": seed,
+        "episodes": 50,
+        "nfe_per_action": 1.0,
+        "mean_score": score,
+        "success_rate": 0.5,
+        "diff_vs_ddpm100": diff,
+        "diff_se": se,
+    }
+
+
+def test_pooled_blocks_average_and_combine_standard_errors() -> None:
+    rows = [
+        _block("ddpm-100", 1, 0.9, 0.0, 0.0, "teacher"),
+        _block("ddpm-100", 2, 0.8, 0.0, 0.0, "teacher"),
+        _block("consistency-8", 1, 0.88, -0.02, 0.03),
+        _block("consistency-8", 2, 0.80, 0.0, 0.04),
+    ]
+    row = next(r for r in pooled(rows) if r["sampler"] == "consistency-8")
+    assert row["episodes"] == 100 and row["first_seeds"] == "1,2"
+    assert row["mean_score"] == pytest.approx(0.84)
+    assert row["reference_score"] == pytest.approx(0.85)
+    assert row["diff_vs_ddpm100"] == pytest.approx(-0.01)
+    assert row["diff_se"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)  # 0.025
+
+
+def test_pooled_refuses_blocks_of_different_sizes_and_leaves_a_missing_reference_empty() -> None:
+    uneven = [
+        _block("consistency-8", 1, 0.9, 0.0, 0.03),
+        {**_block("consistency-8", 2, 0.9, 0.0, 0.03), "episodes": 20},
+    ]
+    with pytest.raises(ValueError, match="different sizes"):
+        pooled(uneven)
+    (row,) = pooled([_block("consistency-8", 3, 0.9, 0.0, 0.03)])  # no DDPM-100 row on seed block 3
+    assert row["reference_score"] is None
+
+
+def test_a_finetune_row_keeps_earlier_commands_only_for_the_same_runs_resumed() -> None:
+    def row(*starts: str) -> dict:
+        return {"run_logs": {f"run{i}": [{"started": s}, {"started": "later"}] for i, s in enumerate(starts)}}
+
+    assert _same_runs(row("a", "b"), row("a", "b"))
+    assert not _same_runs(row("a", "b"), row("a", "c"))  # one run made anew
+    assert not _same_runs({}, row("a"))  # nothing to compare: a first measurement
