@@ -12,6 +12,9 @@ machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{j
              metrics.jsonl (`train_s`), so they include its logging and EMA, as the reference's do.
   precision  one process, fp32 against bf16 autocast, alternating step by step: the training step and one
              convolution alone.
+  floor      one process: the FLOPs of a training step (FlopCounterMode), this machine's fp32 matmul rate,
+             the compute floor they give, and where the step's time goes (torch.profiler: convolutions
+             against everything else) as multiples of that floor.
   breakdown  one process, the phases of a step (data, forward, backward, clipping, optimizer, EMA) with
              each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
   scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
@@ -325,6 +328,99 @@ def part_precision(args: argparse.Namespace) -> None:
     )
 
 
+def part_floor(args: argparse.Namespace) -> None:
+    """How far the training step is from this machine's compute floor, and which ops take its time."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # before torch loads OpenMP
+    import copy
+    import time
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.data import RandomSampler
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.floor import matmul_gflops
+    from dpstack.data.dataset import batch_loader
+    from dpstack.policy.module import ema_update
+
+    policy, dataset = _pusht_unet(args.store)
+    ema = copy.deepcopy(policy).requires_grad_(False)
+    order = RandomSampler(dataset, replacement=True, num_samples=10**7, generator=torch.Generator().manual_seed(0))
+    data = iter(batch_loader(dataset, order, 64))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True)
+
+    def training_step() -> None:  # dpstack train's step (`benchmarks.train_throughput --part breakdown`)
+        loss, _ = policy.compute_loss(next(data))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        ema_update(ema, policy, 0.999)
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        training_step()
+    by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    gflop = counter.get_total_flops() / 1e9
+    conv_gflop = sum(n for op, n in by_op.items() if "convolution" in op) / 1e9
+    rate = matmul_gflops(2)
+    for _ in range(WARMUP):
+        training_step()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        training_step()
+        times.append(time.perf_counter() - start)
+    profiled = min(args.steps, 50)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(profiled):
+            training_step()
+    self_ms = {e.key: e.self_cpu_time_total / 1e3 / profiled for e in prof.key_averages()}
+    profiled_ms = sum(self_ms.values())
+    conv_ms = sum(ms for op, ms in self_ms.items() if "convolution" in op)
+    step_ms = statistics.median(times) * 1000
+    floor_ms = gflop / rate * 1e3
+    scale = step_ms / profiled_ms  # the profiler's own cost left out
+    top = sorted(((ms, op) for op, ms in self_ms.items() if "convolution" not in op), reverse=True)[:6]
+    rows = [
+        {"what": "training step (median; forward, backward, clip, fused AdamW, EMA)", "ms": step_ms, "gflop": gflop},
+        {"what": "compute floor: every FLOP at the measured matmul rate", "ms": floor_ms, "gflop": gflop},
+        {"what": "convolutions, forward + backward (profiler self time)", "ms": conv_ms * scale, "gflop": conv_gflop},
+        {
+            "what": "everything else (profiler self time)",
+            "ms": (profiled_ms - conv_ms) * scale,
+            "gflop": gflop - conv_gflop,
+        },
+        *({"what": f"  of which {op}", "ms": ms * scale, "gflop": 0.0} for ms, op in top),
+    ]
+    for row in rows:
+        row["x_floor"] = row["ms"] / floor_ms
+        row["gflops"] = row["gflop"] / row["ms"] * 1e3 if row["gflop"] else None
+        print(row, flush=True)
+    write_results(
+        Path(args.out),
+        "train_throughput_floor",
+        rows,
+        columns=[
+            ("what", "what"),
+            ("ms per step", "ms"),
+            ("GFLOP", "gflop"),
+            ("GFLOP/s", "gflops"),
+            ("x compute floor", "x_floor"),
+        ],
+        meta={
+            "store": str(args.store),
+            "steps": args.steps,
+            "profiled_steps": profiled,
+            "threads": 2,
+            "matmul_gflops": rate,
+            "flops_by_op_gflop": {op: n / 1e9 for op, n in by_op.items()},
+            "note": "profiler self times are scaled to the unprofiled median step (the profiler adds its own cost)",
+            "command": f"python -m benchmarks.train_throughput --part floor --steps {args.steps}",
+        },
+    )
+
+
 GPU_NETWORKS = {  # name: (dpstack overrides, the reference's down dims, step embedding, batch)
     "U-Net small, batch 64": (["policy.preset=small", "batch_size=64"], "64,128,256", 128, 64),
     "U-Net lowdim (paper), batch 256": (["policy.preset=lowdim", "batch_size=256"], "256,512,1024", 256, 256),
@@ -432,7 +528,9 @@ def part_scaling(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["speed", "breakdown", "precision", "scaling", "gpu"], default="speed")
+    parser.add_argument(
+        "--part", choices=["speed", "breakdown", "floor", "precision", "scaling", "gpu"], default="speed"
+    )
     parser.add_argument("--store", type=Path, default=ROOT / "runs" / "pusht200.zarr")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run (after 20 warm-up steps)")
     parser.add_argument("--rounds", type=int, default=2, help="speed: rounds of the interleaved cases")
@@ -462,6 +560,7 @@ def main() -> None:
     parts = {
         "speed": part_speed,
         "breakdown": part_breakdown,
+        "floor": part_floor,
         "precision": part_precision,
         "scaling": part_scaling,
         "gpu": part_gpu,
