@@ -15,7 +15,8 @@ For each task and N (environments), measured side by side in one run (median of 
 Writes benchmarks/results/rollout.{json,md}. `--overhead` instead measures where the per-step time of each
 path goes, with a simulator that does nothing (`NullEnv`: a Hopper-shaped observation, TaskEnv's info),
 so the layers' own Python costs show without the simulator's noise: microseconds per env step of the bare
-vector env, the old eval path, `ChunkEnv.step` alone, a vector env of `ChunkEnv`s, and the harness
+vector env, the old eval path, `ChunkEnv.step` alone, gymnasium's sync vector env and the harness's
+`TickSyncVectorEnv` of `ChunkEnv`s, and the harness
 (benchmarks/results/rollout_overhead.{json,md}); and one real Hopper env alone and inside a `ChunkEnv`, whose
 difference is `ChunkEnv`'s cost next to a real simulator.
 """
@@ -36,7 +37,7 @@ from gymnasium.vector import AutoresetMode
 from benchmarks.report import merge_with_previous, write_results
 from dpstack.envs.registry import make_env, task_spec
 from dpstack.policy.execution import RecedingHorizon
-from dpstack.policy.rollout import ChunkEnv, Rollouts, RolloutSpec
+from dpstack.policy.rollout import ChunkEnv, Rollouts, RolloutSpec, TickSyncVectorEnv
 from dpstack.tasks import TaskConfig
 
 # (observation steps, actions per tick) of the policies dpstack ships for each task: Push-T's Diffusion
@@ -151,14 +152,16 @@ def overhead(n: int, ticks: int, repeats: int) -> list[dict]:
             env.step(chunk[0])
         return ticks * n
 
-    def chunk_env_vector() -> int:
-        envs = gym.vector.SyncVectorEnv(
-            [lambda: ChunkEnv(NullEnv(), 2, 1, 0, True, n)] * n, copy=False, autoreset_mode=AutoresetMode.DISABLED
-        )
-        envs.reset(seed=list(range(n)))
-        for _ in range(ticks):
-            envs.step(chunk)
-        return ticks * n
+    def chunk_env_vector(vector: type[gym.vector.SyncVectorEnv]) -> Callable[[], int]:
+        def run() -> int:
+            fns = [lambda: ChunkEnv(NullEnv(), 2, 1, 0, True, n)] * n
+            envs = vector(fns, copy=False, autoreset_mode=AutoresetMode.DISABLED)
+            envs.reset(seed=list(range(n)))
+            for _ in range(ticks):
+                envs.step(chunk)
+            return ticks * n
+
+        return run
 
     def harness_collect() -> int:
         rollouts = Rollouts(RolloutSpec(TaskConfig(name="hopper"), n, 2, 1, vectorization="sync"))
@@ -188,7 +191,8 @@ def overhead(n: int, ticks: int, repeats: int) -> list[dict]:
         "bare vector env (SAME_STEP autoreset)": bare_vector,
         "old eval path (vector env + one RecedingHorizon)": old_path,
         "ChunkEnv.step alone (one env)": chunk_env_alone,
-        "vector env of ChunkEnvs": chunk_env_vector,
+        "gymnasium's sync vector env of ChunkEnvs": chunk_env_vector(gym.vector.SyncVectorEnv),
+        "TickSyncVectorEnv of ChunkEnvs (the harness's)": chunk_env_vector(TickSyncVectorEnv),
         "harness (Rollouts.collect)": harness_collect,
         "Hopper TaskEnv.step alone (one env, real simulator)": hopper_alone,
         "ChunkEnv over Hopper (one env, real simulator)": chunk_env_over_hopper,

@@ -92,6 +92,27 @@ def _concatenate_tick_observations(
     return out
 
 
+class TickSyncVectorEnv(gym.vector.SyncVectorEnv):
+    """gymnasium's in-process vector env, for `ChunkEnv`s only: build it with ``copy=False`` and
+    ``autoreset_mode=DISABLED``.
+
+    A `ChunkEnv` resets itself, never reports termination to the vector env and has an empty info except
+    when an episode ended, so a step needs only the envs' steps and one concatenate: the generic step's
+    per-env autoreset branches, bookkeeping arrays and info merging cost ~1 us per env step, as much as the
+    rest of the harness around a one-action tick (`python -m benchmarks.rollout --overhead`).
+    """
+
+    def step(self, actions: np.ndarray):  # type: ignore[override]
+        infos: dict[str, Any] = {}
+        rewards = self._rewards
+        for i, env in enumerate(self.envs):
+            self._env_obs[i], rewards[i], _, _, info = env.step(actions[i])
+            if info:  # an episode ended
+                infos = self._add_info(infos, info, i)
+        self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
+        return self._observations, rewards.copy(), self._terminations.copy(), self._truncations.copy(), infos
+
+
 class ChunkEnv(gym.Wrapper):
     """A task env whose `step` executes one action chunk: one control tick of the policy.
 
@@ -100,7 +121,7 @@ class ChunkEnv(gym.Wrapper):
     `actions_per_tick` (A) actions (fewer when the episode ends) and returns the chunk's summed reward.
     The observation's `TICK_KEY` entry packs [executed, offset (the chunk index of the first action
     run), terminated, truncated, rewards (A, 0 after the end), select_ms (A, host time picking each
-    action)] (see `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it
+    action; 0 in continuous mode, where nothing reads it)] (see `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it
     returns to a vector env stay false). Info is empty except when an episode ended: ``episode_*``
     (seed, return, length, success, score and the task's extras) and ``final_<key>`` (the last history).
     """
@@ -169,14 +190,18 @@ class ChunkEnv(gym.Wrapper):
         if self._idle:  # waves: this env's episode is over; it waits for the next wave
             return {**self._last, TICK_KEY: np.zeros(self._tick_size, np.float32)}, 0.0, False, False, {}
         offset = 0 if self._first else self.latency_steps
+        timed = not self.continuous  # only evaluation (waves) reads select_ms: its tick latencies
         tick = np.zeros(self._tick_size, np.float32)  # the tick's record, returned as obs[TICK_KEY]
         decision, terminated, truncated, info, total, i = None, False, False, {}, 0.0, 0
         for i in range(a):
             if i == self._decide_at:
                 decision = self.history.stacked()  # a copy: the next chunk's history
-            start = time.perf_counter()
-            action = chunk[offset + i]
-            tick[4 + a + i] = (time.perf_counter() - start) * 1000  # select_ms
+            if timed:
+                start = time.perf_counter()
+                action = chunk[offset + i]
+                tick[4 + a + i] = (time.perf_counter() - start) * 1000  # select_ms
+            else:
+                action = chunk[offset + i]
             if self._frames is not None:
                 self._frames.append(np.asarray(env.render()))
             obs, reward, terminated, truncated, info = env.step(action)

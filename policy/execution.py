@@ -48,11 +48,13 @@ class ObservationHistory:
         self.n_obs_steps, self.batched = n_obs_steps, batched
         lead = (slice(None),) if batched else ()  # the batch axis, when there is one, comes before the history's
         self._older, self._newer, self._newest = (*lead, slice(None, -1)), (*lead, slice(1, None)), (*lead, -1)
-        self._buffers: dict[str, np.ndarray] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}  # each key's observation shape: one tuple compare per step
+        self.clear()
 
     def clear(self) -> None:
-        self._buffers, self._shapes = {}, {}
+        self._buffers: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}  # each key's observation shape: one tuple compare per step
+        # (buffer[older], buffer[newer], buffer[newest]) per key, made once per episode: a view costs ~0.1 us
+        self._views: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.n_obs_steps if self._buffers else 0
@@ -64,6 +66,7 @@ class ObservationHistory:
                 k: np.repeat(np.expand_dims(np.asarray(v), axis), self.n_obs_steps, axis=axis) for k, v in obs.items()
             }
             self._shapes = {k: np.shape(v) for k, v in obs.items()}
+            self._views = {k: (b[self._older], b[self._newer], b[self._newest]) for k, b in self._buffers.items()}
             return
         # checked before anything is copied (a bad observation leaves the history as it was); plain loops,
         # as this runs once per env step
@@ -75,11 +78,12 @@ class ObservationHistory:
             if shape != shapes.get(key):
                 self._changed(obs)
         shift = self.n_obs_steps > 1  # a one-step history only overwrites (no empty copy per step)
+        views = self._views
         for key, value in obs.items():
-            buffer = self._buffers[key]
+            older, newer, newest = views[key]
             if shift:
-                buffer[self._older] = buffer[self._newer]
-            buffer[self._newest] = value  # copies the caller's values in; never keeps their arrays
+                older[...] = newer
+            newest[...] = value  # copies the caller's values in; never keeps their arrays
 
     def _changed(self, obs: Mapping[str, np.ndarray]) -> None:
         raise ValueError(

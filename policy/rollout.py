@@ -47,6 +47,7 @@ from dpstack.policy.chunk_env import (  # re-exported: the harness's public name
     TICK_KEY,
     ChunkEnv,
     RolloutError,
+    TickSyncVectorEnv,
     unpack_tick,
 )
 from dpstack.tasks import TaskConfig
@@ -60,6 +61,7 @@ __all__ = [
     "RolloutError",
     "RolloutSpec",
     "Rollouts",
+    "TickSyncVectorEnv",
     "check_worker_memory",
     "unpack_tick",
 ]
@@ -151,7 +153,7 @@ class Rollouts:
         self.close()
         fns = [self._make(continuous)] * self.spec.num_envs
         if self.spec.vectorization == "sync" or self.spec.num_envs == 1:
-            self._envs = gym.vector.SyncVectorEnv(fns, copy=False, autoreset_mode=AutoresetMode.DISABLED)
+            self._envs = TickSyncVectorEnv(fns, copy=False, autoreset_mode=AutoresetMode.DISABLED)
         else:
             check_worker_memory(self.spec.task.name, self.spec.num_envs, _available_memory_mb())
             self._envs = gym.vector.AsyncVectorEnv(

@@ -72,6 +72,19 @@ def test_unbatched_history_of_one_env() -> None:
         np.testing.assert_array_equal(one.stacked()["x"], [[[3.0, 4.0]]] if batched else [[3.0, 4.0]])
 
 
+def test_history_follows_keys_not_their_order() -> None:
+    # the history keeps per-key views into its buffers: an observation whose keys come in another order
+    # must still land in each key's own buffer
+    history = ObservationHistory(2, batched=False)
+    history.observe({"a": np.array([1.0]), "b": np.array([10.0])})
+    history.observe({"b": np.array([20.0]), "a": np.array([2.0])})
+    history.clear()  # a new episode: new buffers, new views
+    history.observe({"b": np.array([30.0]), "a": np.array([3.0])})
+    history.observe({"a": np.array([4.0]), "b": np.array([40.0])})
+    np.testing.assert_array_equal(history.stacked()["a"], [[3.0], [4.0]])
+    np.testing.assert_array_equal(history.stacked()["b"], [[30.0], [40.0]])
+
+
 def test_policy_select_action_uses_the_shared_runner() -> None:
     features = {"state": Feature((3,))}
     normalizer = Normalizer(

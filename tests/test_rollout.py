@@ -119,6 +119,38 @@ def test_the_vector_env_transports_match_gymnasiums() -> None:
         np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_the_harness_sync_vector_env_steps_like_gymnasiums() -> None:
+    """`TickSyncVectorEnv` (the harness's lean in-process step) returns what gymnasium's `SyncVectorEnv`
+    returns over the same `ChunkEnv`s, episode ends (info) included."""
+    from gymnasium.vector import AutoresetMode
+
+    from dpstack.policy.rollout import TickSyncVectorEnv
+
+    fns = [lambda: ChunkEnv(make_env(TaskConfig(name="pusht", max_steps=7)), 2, 3, 0, True, 3)] * 3
+    envs = [
+        cls(fns, copy=False, autoreset_mode=AutoresetMode.DISABLED)
+        for cls in (TickSyncVectorEnv, gym.vector.SyncVectorEnv)
+    ]
+    for vector in envs:
+        vector.reset(seed=[0, 1, 2])
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(6):
+        chunk = rng.uniform(100, 400, size=(3, 3, 2)).astype(np.float32)
+        (obs, rewards, terminated, truncated, info), want = (vector.step(chunk) for vector in envs)
+        for key in want[0]:
+            np.testing.assert_array_equal(obs[key], want[0][key])
+        np.testing.assert_array_equal(rewards, want[1])
+        assert not terminated.any() and not truncated.any() and not want[2].any() and not want[3].any()
+        assert info.keys() == want[4].keys()
+        for key in info:
+            np.testing.assert_array_equal(info[key], want[4][key])
+        ended += "episode_seed" in info
+    assert ended >= 2  # episodes of 7 steps at 3 actions per tick end at ticks 3 and 5
+    for vector in envs:
+        vector.close()
+
+
 def test_continuous_collect_autoresets_keeps_termination_apart_and_stores_extras() -> None:
     """Hopper falls (terminated) at different times per env; a 25-step limit truncates the rest."""
     task = TaskConfig(name="hopper", max_steps=25)
