@@ -15,6 +15,8 @@ machine's CPU. Parts (each writes `benchmarks/results/train_throughput_<part>.{j
   floor      one process: the FLOPs of a training step (FlopCounterMode), this machine's fp32 matmul rate,
              the compute floor they give, and where the step's time goes (torch.profiler: convolutions
              against everything else) as multiples of that floor.
+  mish       one process: the training step with dpstack's Mish (`policy/denoisers/mish.py`) against
+             PyTorch's `nn.Mish`, alternating step by step.
   breakdown  one process, the phases of a step (data, forward, backward, clipping, optimizer, EMA) with
              each of dpstack's step-level choices off (the plain PyTorch way) and on, side by side.
   scaling    time to a fixed validation loss with 1 rank x 2 threads and 2 ranks x 1 thread (torchrun,
@@ -421,6 +423,59 @@ def part_floor(args: argparse.Namespace) -> None:
     )
 
 
+def part_mish(args: argparse.Namespace) -> None:
+    """dpstack's training Mish (`policy/denoisers/mish.py`) against PyTorch's `nn.Mish` in the same network,
+    alternating step by step in one process (the module's class is swapped; parameters and batches shared)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # before torch loads OpenMP
+    import time
+
+    import torch
+    from torch.utils.data import RandomSampler
+
+    from dpstack.data.dataset import batch_loader
+    from dpstack.policy.denoisers.mish import Mish
+
+    policy, dataset = _pusht_unet(args.store)
+    activations = [m for m in policy.modules() if isinstance(m, torch.nn.Mish)]
+    order = RandomSampler(dataset, replacement=True, num_samples=10**7, generator=torch.Generator().manual_seed(0))
+    data = iter(batch_loader(dataset, order, 64))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, fused=True)
+    times: dict[str, list[float]] = {"torch": [], "dpstack": []}
+    for i in range(2 * (args.steps + WARMUP)):
+        way = "torch" if i % 2 == 0 else "dpstack"  # alternate, so both see the same machine
+        for module in activations:
+            module.__class__ = torch.nn.Mish if way == "torch" else Mish
+        start = time.perf_counter()
+        loss, _ = policy.compute_loss(next(data))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 2 * WARMUP:
+            times[way].append(time.perf_counter() - start)
+    torch_ms, ours_ms = (statistics.median(times[w]) * 1000 for w in ("torch", "dpstack"))
+    rows = [{"what": "training step (forward, backward, fused AdamW)", "mish_modules": len(activations),
+             "torch_ms": torch_ms, "dpstack_ms": ours_ms, "speedup": torch_ms / ours_ms}]  # fmt: skip
+    print(rows[0], flush=True)
+    write_results(
+        Path(args.out),
+        "train_throughput_mish",
+        rows,
+        columns=[
+            ("what", "what"),
+            ("Mish modules", "mish_modules"),
+            ("nn.Mish ms (median)", "torch_ms"),
+            ("dpstack Mish ms (median)", "dpstack_ms"),
+            ("speed-up", "speedup"),
+        ],
+        meta={
+            "store": str(args.store),
+            "steps_each": args.steps,
+            "threads": 2,
+            "command": f"python -m benchmarks.train_throughput --part mish --steps {args.steps}",
+        },
+    )
+
+
 GPU_NETWORKS = {  # name: (dpstack overrides, the reference's down dims, step embedding, batch)
     "U-Net small, batch 64": (["policy.preset=small", "batch_size=64"], "64,128,256", 128, 64),
     "U-Net lowdim (paper), batch 256": (["policy.preset=lowdim", "batch_size=256"], "256,512,1024", 256, 256),
@@ -529,7 +584,7 @@ def part_scaling(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", choices=["speed", "breakdown", "floor", "precision", "scaling", "gpu"], default="speed"
+        "--part", choices=["speed", "breakdown", "floor", "mish", "precision", "scaling", "gpu"], default="speed"
     )
     parser.add_argument("--store", type=Path, default=ROOT / "runs" / "pusht200.zarr")
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run (after 20 warm-up steps)")
@@ -561,6 +616,7 @@ def main() -> None:
         "speed": part_speed,
         "breakdown": part_breakdown,
         "floor": part_floor,
+        "mish": part_mish,
         "precision": part_precision,
         "scaling": part_scaling,
         "gpu": part_gpu,

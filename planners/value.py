@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dpstack.policy.denoisers.embeddings import timestep_mlp
+from dpstack.policy.denoisers.mish import Mish
 from dpstack.policy.denoisers.unet1d import down_levels
 
 
@@ -34,7 +35,7 @@ class TrajectoryValue(nn.Module):
         film_dim = step_embed_dim + cond_dim
         self.blocks = down_levels(transition_dim, down_dims, film_dim, kernel_size, n_groups)
         width = down_dims[-1]
-        self.head = nn.Sequential(nn.Linear(width + film_dim, width // 2), nn.Mish(), nn.Linear(width // 2, 1))
+        self.head = nn.Sequential(nn.Linear(width + film_dim, width // 2), Mish(), nn.Linear(width // 2, 1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if cond.shape != (x.shape[0], self.cond_dim):

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dpstack.policy.denoisers.mish import Mish
+
 
 class OnnxMish(nn.Mish):
     """x * tanh(softplus(x)) with one exponential."""
@@ -70,6 +72,7 @@ class OnnxConv1d(nn.Conv1d):
 
 _REPLACEMENTS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Mish: OnnxMish,
+    Mish: OnnxMish,  # dpstack's training Mish (`denoisers/mish.py`): the same function
     nn.GroupNorm: OnnxGroupNorm,
     nn.Conv1d: OnnxConv1d,
 }

@@ -56,3 +56,24 @@ def test_residual_mlp_has_dppos_layout_and_refuses_uneven_widths() -> None:
     assert net(torch.randn(5, 4, 3), torch.randint(0, 20, (5,)), torch.randn(5, 11)).shape == (5, 4, 3)
     with pytest.raises(ValueError, match="odd number of equal hidden sizes"):
         mlp.MLPDenoiser(3, 11, horizon=4, hidden=(32, 64, 32), residual=True)
+
+
+def test_training_mish_equals_pytorchs_in_value_and_gradient() -> None:
+    # the one-exp formulation used under autograd, across the range where exp over- and underflows
+    from torch.nn import functional as F
+
+    from dpstack.policy.denoisers.mish import Mish, _MishFunction
+
+    x = torch.cat([torch.linspace(-120.0, 120.0, 4001), torch.tensor([0.0, -0.0, 1e-8, -1e-8])])
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = Mish()(ours)
+    assert y.grad_fn is not None and "MishFunction" in type(y.grad_fn).__name__  # the faster path ran
+    y.sum().backward()
+    F.mish(theirs).sum().backward()
+    torch.testing.assert_close(y, F.mish(x), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=2e-6, rtol=1e-5)
+    assert torch.isfinite(y).all() and torch.isfinite(ours.grad).all()
+    # the derivative itself, against finite differences in float64
+    assert torch.autograd.gradcheck(_MishFunction.apply, (torch.randn(64, dtype=torch.float64, requires_grad=True),))
+    with torch.no_grad():  # sampling and control: PyTorch's own kernel, bit for bit
+        assert torch.equal(Mish()(x), F.mish(x))

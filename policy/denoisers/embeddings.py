@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from dpstack.policy.denoisers.mish import Mish
+
 
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal features of integer timesteps: (...,) -> (..., dim)."""
@@ -27,7 +29,7 @@ class SinusoidalEmbedding(nn.Module):
 
 def timestep_mlp(dim: int) -> nn.Sequential:
     """Sinusoidal features -> MLP (Diffusion Policy's diffusion-step encoder)."""
-    return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, dim))
+    return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim * 4), Mish(), nn.Linear(dim * 4, dim))
 
 
 def check_denoiser_inputs(sample: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor | None, name: str) -> None:

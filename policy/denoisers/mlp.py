@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dpstack.policy.denoisers.embeddings import SinusoidalEmbedding, check_denoiser_inputs
+from dpstack.policy.denoisers.mish import Mish
 
 PRESETS = {"small": {"hidden": (512, 512, 512)}, "tiny": {"hidden": (64, 64)}}
 
@@ -17,7 +18,7 @@ class PreActivationBlock(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Mish(), nn.Linear(width, width), nn.Mish(), nn.Linear(width, width))
+        self.body = nn.Sequential(Mish(), nn.Linear(width, width), Mish(), nn.Linear(width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -47,7 +48,7 @@ class MLPDenoiser(nn.Module):
             layers += [PreActivationBlock(hidden[0]) for _ in range(len(hidden) // 2)]
         else:
             for a, b in itertools.pairwise(sizes):
-                layers += [nn.Linear(a, b), nn.Mish()]
+                layers += [nn.Linear(a, b), Mish()]
         self.body = nn.Sequential(*layers, nn.Linear(sizes[-1], horizon * action_dim))
 
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

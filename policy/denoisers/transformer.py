@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dpstack.policy.denoisers.embeddings import SinusoidalEmbedding, check_denoiser_inputs
+from dpstack.policy.denoisers.mish import Mish
 
 PRESETS = {
     "lowdim": {"n_layer": 8, "n_head": 4, "n_emb": 256},  # Diffusion Policy's low-dim Push-T config
@@ -44,7 +45,7 @@ class TransformerDenoiser(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, horizon, n_emb))
         self.cond_in = nn.Linear(cond_dim // n_cond_tokens, n_emb)
         self.cond_position = nn.Parameter(torch.zeros(1, n_cond_tokens, n_emb))
-        self.encoder = nn.Sequential(nn.Linear(n_emb, 4 * n_emb), nn.Mish(), nn.Linear(4 * n_emb, n_emb))
+        self.encoder = nn.Sequential(nn.Linear(n_emb, 4 * n_emb), Mish(), nn.Linear(4 * n_emb, n_emb))
         layer = nn.TransformerDecoderLayer(
             n_emb, n_head, 4 * n_emb, dropout, activation="gelu", batch_first=True, norm_first=True
         )

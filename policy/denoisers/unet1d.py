@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpstack.policy.denoisers.embeddings import check_denoiser_inputs, timestep_mlp
+from dpstack.policy.denoisers.mish import Mish
 
 PRESETS = {
     # Diffusion Policy's low-dim config (65.8 M parameters with Push-T shapes)
@@ -31,7 +32,7 @@ PRESETS = {
 
 
 def _conv_block(cin: int, cout: int, kernel: int, groups: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), nn.Mish())
+    return nn.Sequential(nn.Conv1d(cin, cout, kernel, padding=kernel // 2), nn.GroupNorm(groups, cout), Mish())
 
 
 class ResidualFiLMBlock(nn.Module):
@@ -41,7 +42,7 @@ class ResidualFiLMBlock(nn.Module):
         super().__init__()
         self.conv1 = _conv_block(cin, cout, kernel, groups)
         self.conv2 = _conv_block(cout, cout, kernel, groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * cout))
+        self.film = nn.Sequential(Mish(), nn.Linear(cond_dim, 2 * cout))
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from dpstack.bounds import OUTPUT_DIRECTORY, bounds
 from dpstack.errors import ConfigError
 from dpstack.policy.checkpoint import load_optimizer_state, optimizer_state, read_json, read_tensors, save_policy
 from dpstack.policy.denoisers.finetuned import FinetunedDenoiser
+from dpstack.policy.denoisers.mish import Mish
 from dpstack.policy.diffusion_policy import DiffusionPolicy
 from dpstack.policy.evaluate import EvalSpec, evaluate_policy
 from dpstack.policy.rl.chain import ChainOptions, DenoisingChain
@@ -181,7 +182,7 @@ class Critic(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for a, b in zip([cond_dim, *hidden], hidden, strict=False):
-            layers += [nn.Linear(a, b), nn.Mish()]
+            layers += [nn.Linear(a, b), Mish()]
         self.body = nn.Sequential(*layers, nn.Linear(([cond_dim, *hidden])[-1], 1))
 
     def forward(self, cond: torch.Tensor) -> torch.Tensor:
