@@ -39,6 +39,10 @@ LINEUP: dict[str, tuple[str, list[str]]] = {
     "ddim-10": ("standard", ["sampler=ddim", "sampler.num_inference_steps=10"]),
     "ddim-8": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8"]),
     "ddim-8-trailing": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=trailing"]),
+    "ddim-8-trailing-eta1": (  # stochastic: DDPM's posterior noise over the same 8 levels
+        "standard",
+        ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=trailing", "sampler.eta=1.0"],
+    ),
     "ddim-4": ("standard", ["sampler=ddim", "sampler.num_inference_steps=4"]),
     **{
         f"consistency-{k}": ("distilled", ["sampler=consistency", f"sampler.timesteps=[{','.join(map(str, v))}]"])
@@ -70,6 +74,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help=f"comma-separated rows, of {', '.join(LINEUP)}")
     parser.add_argument("--fresh", action="store_true", help="re-run evaluations found under --out")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-few-step"))
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where the tables go (elsewhere for a selection run on dev seeds)"
+    )
     args = parser.parse_args()
     checkpoints = {"standard": args.standard, "distilled": args.distilled}
     keys = [k for k in LINEUP if not args.only or k in args.only.split(",") or k == REFERENCE]
@@ -120,7 +127,7 @@ def main() -> None:
         row["benchmark_command"] = command
     # rows of other checkpoints (e.g. a longer-distilled student) measured by earlier runs are kept
     rows = merge_with_previous(
-        RESULTS, "few_step", rows, key=lambda r: (r["sampler"], r["checkpoint"], r["first_seed"])
+        args.results, "few_step", rows, key=lambda r: (r["sampler"], r["checkpoint"], r["first_seed"])
     )
     rows.sort(
         key=lambda r: (
@@ -131,9 +138,9 @@ def main() -> None:
             r["checkpoint"],
         )
     )
-    write_results(RESULTS, "few_step", rows, columns, {"command": command, "reference": REFERENCE})
+    write_results(args.results, "few_step", rows, columns, {"command": command, "reference": REFERENCE})
     write_results(
-        RESULTS,
+        args.results,
         "few_step_pooled",
         pooled(rows),
         [
