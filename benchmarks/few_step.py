@@ -48,6 +48,22 @@ LINEUP: dict[str, tuple[str, list[str]]] = {
         f"consistency-{k}": ("distilled", ["sampler=consistency", f"sampler.timesteps=[{','.join(map(str, v))}]"])
         for k, v in CONSISTENCY_LEVELS.items()
     },
+    # one evaluation per executed action by re-planning more often: k calls per chunk, k actions executed
+    "ddim-4-trailing-apt4": (
+        "standard",
+        ["sampler=ddim", "sampler.num_inference_steps=4", "sampler.spacing=trailing", "sampler.actions_per_tick=4"],
+    ),
+    **{
+        f"consistency-{k}-apt{k}": (
+            "distilled",
+            [
+                "sampler=consistency",
+                f"sampler.timesteps=[{','.join(map(str, CONSISTENCY_LEVELS[k]))}]",
+                f"sampler.actions_per_tick={k}",
+            ],
+        )
+        for k in (2, 4)
+    },
 }
 
 
