@@ -121,8 +121,8 @@ class ChunkEnv(gym.Wrapper):
     `actions_per_tick` (A) actions (fewer when the episode ends) and returns the chunk's summed reward.
     The observation's `TICK_KEY` entry packs [executed, offset (the chunk index of the first action
     run), terminated, truncated, rewards (A, 0 after the end), select_ms (A, host time picking each
-    action; 0 in continuous mode, where nothing reads it)] (see `unpack_tick`; the wrapper resets itself, in continuous mode at once, so the flags it
-    returns to a vector env stay false). Info is empty except when an episode ended: ``episode_*``
+    action; 0 in continuous mode, where nothing reads it)] (see `unpack_tick`; the wrapper resets
+    itself, in continuous mode at once, so the flags it returns to a vector env stay false). Info is empty except when an episode ended: ``episode_*``
     (seed, return, length, success, score and the task's extras) and ``final_<key>`` (the last history).
     """
 
