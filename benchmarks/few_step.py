@@ -36,6 +36,9 @@ REFERENCE = "ddpm-100"
 # key -> (checkpoint: "standard" | "distilled", sampler overrides)
 LINEUP: dict[str, tuple[str, list[str]]] = {
     REFERENCE: ("standard", ["sampler=ddpm"]),
+    # the deterministic chain at DDPM's own 100 levels: the gap a few-step ODE sampler (or a consistency
+    # student, which learns that ODE) starts from before any discretization error
+    "ddim-100": ("standard", ["sampler=ddim", "sampler.num_inference_steps=100"]),
     "ddim-10": ("standard", ["sampler=ddim", "sampler.num_inference_steps=10"]),
     "ddim-8": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8"]),
     "ddim-8-trailing": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=trailing"]),
