@@ -42,6 +42,7 @@ LINEUP: dict[str, tuple[str, list[str]]] = {
     "ddim-10": ("standard", ["sampler=ddim", "sampler.num_inference_steps=10"]),
     "ddim-8": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8"]),
     "ddim-8-trailing": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=trailing"]),
+    "ddim-8-linspace": ("standard", ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=linspace"]),
     "ddim-8-trailing-eta1": (  # stochastic: DDPM's posterior noise over the same 8 levels
         "standard",
         ["sampler=ddim", "sampler.num_inference_steps=8", "sampler.spacing=trailing", "sampler.eta=1.0"],
@@ -51,6 +52,13 @@ LINEUP: dict[str, tuple[str, list[str]]] = {
         f"consistency-{k}": ("distilled", ["sampler=consistency", f"sampler.timesteps=[{','.join(map(str, v))}]"])
         for k, v in CONSISTENCY_LEVELS.items()
     },
+    # the distillation grid's levels spaced from 90 down to 0 (linspace snapped to the grid): the last call
+    # refines from level 0, as DDIM's linspace spacing ends
+    "consistency-8-to0": ("distilled", ["sampler=consistency", "sampler.timesteps=[90,80,60,50,40,30,10,0]"]),
+    "consistency-4-to0-apt4": (
+        "distilled",
+        ["sampler=consistency", "sampler.timesteps=[90,60,30,0]", "sampler.actions_per_tick=4"],
+    ),
     # one evaluation per executed action by re-planning more often: k calls per chunk, k actions executed
     "ddim-4-trailing-apt4": (
         "standard",

@@ -20,6 +20,7 @@ import torch
 
 BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
 PREDICTION_TYPES = ("epsilon", "sample")
+SPACINGS = ("leading", "trailing", "linspace")
 
 
 def _betas(schedule: str, n: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -183,6 +184,7 @@ def spaced_timesteps(num_train: int, n: int, spacing: str = "leading") -> torch.
     "leading" (Diffusion Policy's DDIM): multiples of num_train // n, ending at 0, e.g. 90, 80, ..., 0.
     "trailing": floor((i + 1) num_train / n) - 1, starting at num_train - 1, e.g. 99, 89, ..., 9; the
     streaming sampler uses it so that its chunk boundaries fall on floor(N (i + 1) / h) - 1.
+    "linspace" (diffusers' name): both ends, rounded, e.g. 99, 85, 71, 57, 42, 28, 14, 0 for 8 of 100.
     """
     if not 1 <= n <= num_train:
         raise ValueError(f"num_inference_steps must be in [1, {num_train}], got {n}")
@@ -190,4 +192,6 @@ def spaced_timesteps(num_train: int, n: int, spacing: str = "leading") -> torch.
         return (torch.arange(n - 1, -1, -1) * (num_train // n)).long()
     if spacing == "trailing":
         return torch.tensor([(i + 1) * num_train // n - 1 for i in range(n - 1, -1, -1)], dtype=torch.long)
-    raise ValueError(f"spacing must be 'leading' or 'trailing', got {spacing!r}")
+    if spacing == "linspace":
+        return torch.linspace(num_train - 1, 0, n, dtype=torch.float64).round().long()
+    raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")

@@ -213,7 +213,7 @@ def test_ddpm_mean_takes_each_posterior_mean_and_ignores_the_step_noise() -> Non
 def test_ddim_spacing_picks_the_levels_the_denoiser_sees() -> None:
     window = SamplerWindow(SCHEDULE, 8, 2, 4)
     seen: dict[str, list[int]] = {}
-    for spacing in ("leading", "trailing"):
+    for spacing in ("leading", "trailing", "linspace"):
         sampler = DDIMOptions(num_inference_steps=8, spacing=spacing).build(window)
 
         def denoiser(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, spacing: str = spacing) -> torch.Tensor:
@@ -224,8 +224,9 @@ def test_ddim_spacing_picks_the_levels_the_denoiser_sees() -> None:
         assert x.abs().max() < 1e-4  # the oracle's clean sample, whatever the levels
     assert seen["leading"] == [84, 72, 60, 48, 36, 24, 12, 0]
     assert seen["trailing"] == [99, 86, 74, 61, 49, 36, 24, 11]
+    assert seen["linspace"] == [99, 85, 71, 57, 42, 28, 14, 0]  # diffusers' linspace, rounded
     assert DDIMOptions(num_inference_steps=8, spacing="trailing").build(window).name == "ddim-8-trailing"
-    with pytest.raises(ConfigError, match=r"sampler\.spacing must be 'leading' or 'trailing', got 'middle'"):
+    with pytest.raises(ConfigError, match=r"sampler\.spacing must be one of leading, trailing, linspace, got 'middle'"):
         DDIMOptions(spacing="middle").build(window)
 
 

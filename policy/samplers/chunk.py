@@ -10,7 +10,7 @@ import torch
 from dpstack.bounds import bounds
 from dpstack.errors import ConfigError
 from dpstack.policy.samplers.base import Denoiser, SamplerState, SamplerWindow
-from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedule
+from dpstack.policy.schedulers import SPACINGS, DDIMScheduler, DDPMScheduler, NoiseSchedule
 
 _STEPS_HELP = "actions executed per tick (None: the policy's n_action_steps)"
 
@@ -132,12 +132,13 @@ class DDIMOptions:
         default="leading",
         metadata={
             "help": "levels: leading (Diffusion Policy's; multiples of T // n, e.g. 84, 72, ..., 0 for 8 of 100) "
-            "or trailing (from T - 1 down, e.g. 99, 86, ..., 11: the first step starts from pure noise)"
+            "or trailing (from T - 1 down, e.g. 99, 86, ..., 11: the first step starts from pure noise) "
+            "or linspace (both ends, e.g. 99, 85, ..., 14, 0)"
         },
     )
 
     def build(self, window: SamplerWindow) -> ChunkSampler:
-        if self.spacing not in ("leading", "trailing"):
-            raise ConfigError(f"sampler.spacing must be 'leading' or 'trailing', got {self.spacing!r}")
+        if self.spacing not in SPACINGS:
+            raise ConfigError(f"sampler.spacing must be one of {', '.join(SPACINGS)}, got {self.spacing!r}")
         sampler = make_sampler("ddim", window.schedule, self.num_inference_steps, self.eta)
         return ChunkSampler(sampler.scheduler, sampler.num_inference_steps, self.actions_per_tick, self.spacing)
