@@ -5,8 +5,9 @@ resumes) and is skipped when its output is complete:
 
 1. pretrained: for locomotion, the Diffusion Policy on the task's medium store that
    `python -m benchmarks.rl` made (runs/dp-<task>-medium, runs/<task>-medium.zarr); for Push-T and Lift,
-   a deliberately weak one made here (`WEAK`: a short pretraining on the scripted expert's demonstrations,
-   runs/pusht200.zarr and runs/lift100.zarr, collected if missing);
+   a deliberately weak one made here (`WEAK`: Push-T, a short pretraining on the scripted expert's
+   demonstrations, runs/pusht200.zarr; Lift, a full pretraining on noisy demonstrations,
+   runs/lift100-noise0.3.zarr; collected if missing);
 2. DPPO: `dpstack finetune` from it for `--steps` env steps (resumed if the run exists);
 3. the baseline: a Gaussian MLP behaviour-cloned on the same store (`dpstack train policy=gaussian`),
    then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`; fewer with
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +40,41 @@ from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
 PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
-# The weak manipulation starting points, made here: {task: (demonstrations, train overrides, schedule steps,
-# stop after)}. Push-T: a U-Net a quarter as wide as the `small` preset (1.1 M parameters, so the update
-# through the fine-tuned steps is affordable on 2 cores) with DPPO's 20 DDPM levels, stopped at 7,500 of a
-# 10,000-step cosine schedule: it pushes the T most of the way (score ~0.8 on validation seeds from 200000)
-# but almost never finishes (success 0 of 20 there), which leaves DPPO the last part to learn. Lift: DPPO's own
-# robomimic actor shape (the MLP preset: 4-action chunks from 1 observation, 20 DDPM levels) stopped at 500 of a
-# 1,000-step schedule on 100 scripted demonstrations (finetune.json: success 0.36 with DPPO's deterministic
-# sampling, 0.02 ancestral, on the 50 evaluation seeds).
+
+
+# The weak manipulation starting points, made here. Push-T: a U-Net a quarter as wide as the `small` preset (1.1 M
+# parameters, so the update through the fine-tuned steps is affordable on 2 cores) with DPPO's 20 DDPM levels, stopped
+# at 7,500 of a 10,000-step cosine schedule on 200 expert demonstrations: it pushes the T most of the way (score ~0.8 on
+# validation seeds from 200000) but almost never finishes (success 0 of 20 there), which leaves DPPO the last part to
+# learn. Lift: DPPO's own robomimic actor shape (the MLP preset: 4-action chunks from 1 observation, 20 DDPM levels)
+# trained to the end of its schedule on 100 scripted demonstrations made with action noise 0.3 (the issue's "noisy
+# demonstrations", DPPO's multi-human data in spirit): a converged denoiser of a poor demonstrator, success 0.20
+# ancestral and 0.00 DDPM mean on the 50 evaluation seeds. (The earlier Lift start, 500 of 1,000 steps on clean
+# demonstrations, was an unconverged denoiser whose frozen first denoising steps DPPO cannot repair: finetune_log.md.)
+@dataclass(frozen=True)
+class WeakStart:
+    demos: int
+    overrides: tuple[str, ...]
+    steps: int  # the schedule's length
+    stop: int  # where the pretraining stops
+    noise: float = 0.0  # the scripted expert's action noise
+    tag: str = ""  # names this start's runs apart from the task's earlier ones (runs/dp-<task>-<tag>, ...)
+
+    def store(self, name: str) -> str:
+        return f"{name}{self.demos}" + (f"-noise{self.noise:g}" if self.noise else "") + ".zarr"
+
+    def suffix(self) -> str:
+        return f"-{self.tag}" if self.tag else ""
+
+
 WEAK = {
-    "pusht": (
+    "pusht": WeakStart(
         200,
-        ["policy=unet", "+policy.denoiser_kwargs.down_dims=[32,64,128]", "policy.num_train_timesteps=20"],
+        ("policy=unet", "+policy.denoiser_kwargs.down_dims=[32,64,128]", "policy.num_train_timesteps=20"),
         10_000,
         7_500,
     ),
-    "lift": (100, ["policy=mlp-locomotion"], 1_000, 500),
+    "lift": WeakStart(100, ("policy=mlp-locomotion",), 5_000, 5_000, noise=0.3, tag="noisy"),
 }
 
 
@@ -113,14 +134,15 @@ def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[
         if not (pretrained / "checkpoints" / "latest").exists() or not store.exists():
             raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
         return pretrained, store
-    demos, overrides, steps, stop = WEAK[name]
-    pretrained, store = runs / f"dp-{name}-weak", runs / f"{name}{demos}.zarr"
-    _run([DPSTACK, "collect", f"task={name}", f"episodes={demos}", f"out={store}", "workers=2"],
+    weak = WEAK[name]
+    pretrained, store = runs / f"dp-{name}-{weak.tag or 'weak'}", runs / weak.store(name)
+    noise = [f"noise={weak.noise:g}"] if weak.noise else []
+    _run([DPSTACK, "collect", f"task={name}", f"episodes={weak.demos}", *noise, f"out={store}", "workers=2"],
          store, store.exists(), log, commands)  # fmt: skip
     done = _state(pretrained).get("step", 0)  # `stop_after` counts this invocation's steps: a resume does the rest
-    _run([DPSTACK, "train", f"task={name}", *overrides, f"dataset={store}", f"out={pretrained}", f"steps={steps}",
-          f"stop_after={stop - done}", "checkpoint_every=500", "threads=1", "eval_episodes=0", "progress=false"],
-         pretrained, done >= stop, log, commands)  # fmt: skip
+    _run([DPSTACK, "train", f"task={name}", *weak.overrides, f"dataset={store}", f"out={pretrained}",
+          f"steps={weak.steps}", f"stop_after={weak.stop - done}", "checkpoint_every=500", "threads=1",
+          "eval_episodes=0", "progress=false"], pretrained, done >= weak.stop, log, commands)  # fmt: skip
     return pretrained, store
 
 
@@ -150,11 +172,12 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     pretrained, store = _pretrained(name, runs, log, commands)
     success = name not in PUBLISHED  # manipulation: success and score beside the return
     # 2. DPPO
-    dppo = runs / f"dppo-{name}"
+    suffix = WEAK[name].suffix() if name in WEAK else ""
+    dppo = runs / f"dppo-{name}{suffix}"
     _run([DPSTACK, "finetune", f"checkpoint={pretrained}", f"task={name}", f"out={dppo}", f"total_steps={args.steps}",
           f"eval_every={args.eval_every}", "progress=false"], dppo, _finished(dppo, args.steps), log, commands)  # fmt: skip
     # 3. the Gaussian baseline: clone, then the same PPO harness and budget
-    bc, ppo = runs / f"bc-gaussian-{name}", runs / f"ppo-bc-{name}"
+    bc, ppo = runs / f"bc-gaussian-{name}{suffix}", runs / f"ppo-bc-{name}{suffix}"
     _run([DPSTACK, "train", f"task={name}", "policy=gaussian", f"dataset={store}", f"out={bc}",
           f"steps={args.bc_steps}", "batch_size=256", "eval_episodes=0", "threads=2", "progress=false"],
          bc, _state(bc).get("step", 0) >= args.bc_steps, log, commands)  # fmt: skip
