@@ -163,6 +163,11 @@ def _record(row: dict[str, Any], prefix: str, record: dict, success: bool) -> No
         row[f"{prefix}_score"] = float(record["mean_score"])
 
 
+def _ratio(after: float, before: float) -> float | None:
+    """after / before, or None where the start scored 0 (Lift's noisy start under DDPM mean: success 0.00)."""
+    return after / before if before else None
+
+
 def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     runs = args.runs
     log, commands = runs / f"finetune-{name}.log", []
@@ -190,14 +195,14 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
         _record(row, key, _eval(checkpoint, out, args.eval_episodes, log, commands), success)
     # a return ratio only where both summed the same reward (Push-T's DPPO trains and so evaluates on `progress`)
     comparable = _reward(dppo) == _reward(pretrained)
-    row["dppo_over_pretrained"] = row["dppo_return"] / row["pretrained_return"] if comparable else None
+    row["dppo_over_pretrained"] = _ratio(row["dppo_return"], row["pretrained_return"]) if comparable else None
     row["run_logs"] = {run.name: _run_log(run) for run in (dppo, bc, ppo)}
     # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
         out = runs / f"{checkpoint.name}-eval-mean"
         _record(row, f"{key}_mean", _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN), success)
     row["dppo_mean_over_pretrained_mean"] = (
-        row["dppo_mean_return"] / row["pretrained_mean_return"] if comparable else None
+        _ratio(row["dppo_mean_return"], row["pretrained_mean_return"]) if comparable else None
     )
     row["published_dppo"] = PUBLISHED.get(name)
     # 5. curves and time

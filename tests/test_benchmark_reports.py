@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmarks.few_step import pooled
-from benchmarks.finetune import _same_runs
+from benchmarks.finetune import WEAK, _ratio, _same_runs
 
 
 def _block(sampler: str, seed: int, score: float, diff: float, se: float, checkpoint: str = "student") -> dict:
@@ -59,3 +59,11 @@ def test_a_finetune_row_keeps_earlier_commands_only_for_the_same_runs_resumed() 
     assert _same_runs(row("a", "b"), row("a", "b"))
     assert not _same_runs(row("a", "b"), row("a", "c"))  # one run made anew
     assert not _same_runs({}, row("a"))  # nothing to compare: a first measurement
+
+
+def test_a_finetune_ratio_over_a_zero_start_is_left_empty_and_weak_starts_name_their_own_runs() -> None:
+    assert _ratio(0.46, 0.2) == pytest.approx(2.3)
+    assert _ratio(0.46, 0.0) is None  # Lift's noisy start scores 0.00 under DDPM mean: no crash, no infinity
+    lift, pusht = WEAK["lift"], WEAK["pusht"]
+    assert (lift.store("lift"), lift.suffix()) == ("lift100-noise0.3.zarr", "-noisy")  # apart from the clean runs
+    assert (pusht.store("pusht"), pusht.suffix()) == ("pusht200.zarr", "")  # the existing Push-T runs resume
