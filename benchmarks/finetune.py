@@ -66,6 +66,9 @@ class WeakStart:
     def suffix(self) -> str:
         return f"-{self.tag}" if self.tag else ""
 
+    def pretrained(self, name: str) -> str:
+        return f"dp-{name}-{self.tag or 'weak'}"
+
 
 WEAK = {
     "pusht": WeakStart(
@@ -135,7 +138,7 @@ def _pretrained(name: str, runs: Path, log: Path, commands: list[str]) -> tuple[
             raise SystemExit(f"{pretrained} or {store} is missing: run `python -m benchmarks.rl --tasks {name}` first")
         return pretrained, store
     weak = WEAK[name]
-    pretrained, store = runs / f"dp-{name}-{weak.tag or 'weak'}", runs / weak.store(name)
+    pretrained, store = runs / weak.pretrained(name), runs / weak.store(name)
     noise = [f"noise={weak.noise:g}"] if weak.noise else []
     _run([DPSTACK, "collect", f"task={name}", f"episodes={weak.demos}", *noise, f"out={store}", "workers=2"],
          store, store.exists(), log, commands)  # fmt: skip

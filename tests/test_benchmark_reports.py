@@ -65,5 +65,11 @@ def test_a_finetune_ratio_over_a_zero_start_is_left_empty_and_weak_starts_name_t
     assert _ratio(0.46, 0.2) == pytest.approx(2.3)
     assert _ratio(0.46, 0.0) is None  # Lift's noisy start scores 0.00 under DDPM mean: no crash, no infinity
     lift, pusht = WEAK["lift"], WEAK["pusht"]
-    assert (lift.store("lift"), lift.suffix()) == ("lift100-noise0.3.zarr", "-noisy")  # apart from the clean runs
-    assert (pusht.store("pusht"), pusht.suffix()) == ("pusht200.zarr", "")  # the existing Push-T runs resume
+    # apart from the clean runs
+    assert (lift.store("lift"), lift.pretrained("lift"), lift.suffix()) == (
+        "lift100-noise0.3.zarr",
+        "dp-lift-noisy",
+        "-noisy",
+    )
+    # the existing Push-T runs resume
+    assert (pusht.store("pusht"), pusht.pretrained("pusht"), pusht.suffix()) == ("pusht200.zarr", "dp-pusht-weak", "")
