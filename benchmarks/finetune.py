@@ -59,12 +59,13 @@ class WeakStart:
     stop: int  # where the pretraining stops
     noise: float = 0.0  # the scripted expert's action noise
     tag: str = ""  # names this start's runs apart from the task's earlier ones (runs/dp-<task>-<tag>, ...)
+    recipe: str = ""  # names the fine-tuning runs of the task's current configs/dppo recipe (runs/dppo-<task>-<recipe>)
 
     def store(self, name: str) -> str:
         return f"{name}{self.demos}" + (f"-noise{self.noise:g}" if self.noise else "") + ".zarr"
 
     def suffix(self) -> str:
-        return f"-{self.tag}" if self.tag else ""
+        return "".join(f"-{part}" for part in (self.tag, self.recipe) if part)
 
     def pretrained(self, name: str) -> str:
         return f"dp-{name}-{self.tag or 'weak'}"
@@ -76,6 +77,7 @@ WEAK = {
         ("policy=unet", "+policy.denoiser_kwargs.down_dims=[32,64,128]", "policy.num_train_timesteps=20"),
         10_000,
         7_500,
+        recipe="success",  # configs/dppo/pusht.yaml since the 5M run: the success reward, noise floors 0.01
     ),
     "lift": WeakStart(100, ("policy=mlp-locomotion",), 5_000, 5_000, noise=0.3, tag="noisy"),
 }
@@ -301,7 +303,8 @@ def main() -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
         "note": "returns: mean over --eval-episodes seeds from 100000 with the standard error; see each row's commands."
         " Success and score (manipulation): over the same seeds. Push-T's returns sum the reward each checkpoint"
-        " carries (DPPO's: `progress`, the others: coverage), so its return ratios are empty.",
+        " carries (DPPO's and its Gaussian baseline's: `success`, the clones': coverage), so its return ratios are"
+        " empty.",
     }
     write_results(args.out, "finetune", rows, columns, meta)
 

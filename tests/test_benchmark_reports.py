@@ -71,5 +71,9 @@ def test_a_finetune_ratio_over_a_zero_start_is_left_empty_and_weak_starts_name_t
         "dp-lift-noisy",
         "-noisy",
     )
-    # the existing Push-T runs resume
-    assert (pusht.store("pusht"), pusht.pretrained("pusht"), pusht.suffix()) == ("pusht200.zarr", "dp-pusht-weak", "")
+    # Push-T keeps its weak start, and the success recipe's runs are named apart from the earlier progress runs
+    assert (pusht.store("pusht"), pusht.pretrained("pusht"), pusht.suffix()) == (
+        "pusht200.zarr",
+        "dp-pusht-weak",
+        "-success",
+    )

@@ -346,13 +346,16 @@ def test_a_unet_policy_fine_tunes_over_spaced_ddpm_steps(trained: Path, tmp_path
     assert [h["iteration"] for h in history] == [1, 2] and "eval_return" in history[-1]
 
 
-def test_push_t_gets_dppo_robomimic_settings_and_the_progress_reward() -> None:
+def test_push_t_gets_dppo_robomimic_settings_and_the_success_reward() -> None:
     """configs/dppo/pusht.yaml applies under `task=pusht` (key=value still wins); locomotion keeps the Gym defaults."""
     from dpstack.config import load_config
 
     pusht = load_config("finetune", DPPOConfig, ["task=pusht", "checkpoint=c", "out=o"])
     hopper = load_config("finetune", DPPOConfig, ["task=hopper", "checkpoint=c", "out=o"])
-    assert (pusht.gamma, pusht.clip_base, pusht.epochs, pusht.task.env["reward"]) == (0.999, 0.001, 10, "progress")
+    assert (pusht.gamma, pusht.clip_base, pusht.epochs, pusht.task.env["reward"]) == (0.999, 0.001, 10, "success")
+    # noise floors 0.01 (~2.5 px on Push-T's absolute targets) with the clamp top that keeps the last step unclamped
+    assert (pusht.min_sampling_std, pusht.min_logprob_std, pusht.logprob_max) == (0.01, 0.01, 4.0)
+    assert (hopper.min_sampling_std, hopper.min_logprob_std, hopper.logprob_max) == (0.1, 0.1, 2.0)
     assert (hopper.gamma, hopper.clip_base, hopper.epochs) == (0.99, 0.01, 5)
     # a tenth of DPPO's actor lr, at its batch scale (README "DPPO": 1e-4 lowered the U-Net's score, 1e-5 raised it)
     assert (pusht.actor_lr, pusht.num_envs, pusht.minibatch_size, pusht.critic_warmup) == (1e-5, 40, 7500, 2)

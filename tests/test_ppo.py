@@ -177,7 +177,7 @@ def test_a_tasks_own_ppo_settings_apply_under_the_command_line() -> None:
     assert (cheetah.activation, cheetah.ticks, cheetah.init_log_std, cheetah.hidden) == ("relu", 64, -2.0, [256, 256])
     assert load_config("rl_train", PPOConfig, ["task=halfcheetah", "out=x", "lr=1e-3"]).lr == 1e-3  # key=value wins
     pusht = load_config("rl_train", PPOConfig, ["task=pusht", "out=x"])  # the reward DPPO's Push-T runs use
-    assert (pusht.gamma, pusht.task.env["reward"]) == (0.999, "progress")
+    assert (pusht.gamma, pusht.task.env["reward"]) == (0.999, "success")
 
 
 def test_gaussian_policy_activation_is_an_option_and_checked() -> None:
