@@ -8,12 +8,10 @@ imported only when their command runs, so `dpstack --help` stays fast.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from dpstack.errors import UserError
 from dpstack.version import __version__
@@ -176,32 +174,6 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
 
 
-class _CommandLog:
-    """Appends each invocation of a training command to `<out>/commands.jsonl`, resumes included, so a
-    run's numbers trace back to the exact commands behind them. Rank 0 only, and only into a run
-    directory that exists: a "start" line when `out` already holds something (a resume: a fresh `out`
-    must stay empty for the command's own checks), and an "end" line with how it ended (none after a kill signal).
-    """
-
-    def __init__(self, cfg: object, argv: list[str]) -> None:
-        from datetime import UTC, datetime
-
-        out = str(getattr(cfg, "out", "") or "")
-        self.path, self.now = Path(out) / "commands.jsonl", lambda: datetime.now(UTC).isoformat(timespec="seconds")
-        self.record = {"argv": argv, "started": self.now()}
-        self.enabled = bool(out) and os.environ.get("RANK", "0") == "0"
-        if self.enabled and self.path.parent.is_dir() and any(self.path.parent.iterdir()):
-            self._append({"event": "start", **self.record})
-
-    def end(self, how: str) -> None:
-        if self.enabled and self.path.parent.is_dir():
-            self._append({"event": "end", **self.record, "ended": self.now(), "exit": how})
-
-    def _append(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 def _run(command: Command, rest: list[str], wants_help: bool) -> int:
     """`dpstack <command> [args]` (or its --help): parse, validate and run the command's module."""
     module = importlib.import_module(command.module)
@@ -228,7 +200,11 @@ def _run(command: Command, rest: list[str], wants_help: bool) -> int:
         from dpstack.config import load_config
 
         cfg = load_config(module.CONFIG_NAME, module.Config, overrides, command="dpstack " + " ".join(command.words))
-        log = _CommandLog(cfg, ["dpstack", *command.words, *rest]) if getattr(module, "LOGS_COMMANDS", False) else None
+        log = None
+        if getattr(module, "LOGS_COMMANDS", False):
+            from dpstack.rundir import CommandLog
+
+            log = CommandLog(str(getattr(cfg, "out", "") or ""), ["dpstack", *command.words, *rest])
         how = "error"
         try:
             result = module.run(cfg)

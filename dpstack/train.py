@@ -45,6 +45,7 @@ from dpstack.policy.checkpoint import (
 from dpstack.policy.diffusion_policy import DiffusionPolicy, PolicyConfig
 from dpstack.policy.module import ema_update
 from dpstack.policy.normalizer import Normalizer
+from dpstack.rundir import check_fresh
 from dpstack.tasks import TaskConfig
 
 
@@ -233,8 +234,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     out = Path(cfg.out)
     latest = out / "checkpoints" / "latest"
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
+    check_fresh(out, cfg.resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)  # the same on every rank: each draws the global batch's noise (distributed.py)

@@ -167,3 +167,15 @@ def test_an_output_directory_that_is_a_file_is_refused_before_anything_runs(tmp_
 
     out = dataclasses.fields(Schema)[0]
     assert field_violation(out, str(tmp_path)) is None and field_violation(out, str(tmp_path / "new")) is None
+
+
+def test_a_training_command_logs_its_start_before_it_runs_and_a_failed_start_blocks_no_rerun(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ("train", "task=pusht", f"dataset={tmp_path / 'missing.zarr'}", f"out={run}")
+    for _ in range(2):  # the second start is not refused as "already holds a run": the log alone is no run
+        result = dpstack(*args)
+        assert result.returncode == 2 and "missing.zarr" in result.stderr and "already holds" not in result.stderr
+    assert [p.name for p in run.iterdir()] == ["commands.jsonl"]
+    log = [json.loads(line) for line in (run / "commands.jsonl").read_text().splitlines()]
+    assert [(r["event"], r.get("exit")) for r in log] == [("start", None), ("end", "error")] * 2
+    assert log[0]["argv"] == ["dpstack", *args]

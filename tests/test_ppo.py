@@ -159,10 +159,11 @@ def test_sigkill_then_resume_continues_at_the_same_iteration(tmp_path: Path) -> 
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == list(range(1, 11))
     assert json.loads(state.read_text())["iteration"] == 10
-    # the run's own command log: nothing from the SIGKILLed start, then the resume's start and its end
+    # the run's own command log: the SIGKILLed fresh start (no end line), then the resume's start and its end
     log = [json.loads(line) for line in (run / "commands.jsonl").read_text().splitlines()]
-    assert [(r["event"], r.get("exit")) for r in log] == [("start", None), ("end", "ok")]
-    assert log[1]["argv"] == ["dpstack", *args[1:], "resume=true"]
+    assert [(r["event"], r.get("exit")) for r in log] == [("start", None), ("start", None), ("end", "ok")]
+    assert log[0]["argv"] == ["dpstack", *args[1:]]
+    assert log[1]["argv"] == log[2]["argv"] == ["dpstack", *args[1:], "resume=true"]
     refused = subprocess.run(args, capture_output=True, text=True, timeout=120)  # no resume=true: refused
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
     assert json.loads((run / "commands.jsonl").read_text().splitlines()[-1])["exit"] == "error"

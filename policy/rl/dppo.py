@@ -62,6 +62,7 @@ from dpstack.policy.rl.losses import (
 from dpstack.policy.rl.ppo import TrainingDiverged, scale_rewards
 from dpstack.policy.rollout import Rollouts, RolloutSpec
 from dpstack.policy.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.rundir import check_fresh
 from dpstack.tasks import TaskConfig
 
 
@@ -265,8 +266,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
     from torch.utils.tensorboard import SummaryWriter
 
     out, latest = Path(cfg.out), Path(cfg.out) / "checkpoints" / "latest"
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
+    check_fresh(out, cfg.resume)
     torch.set_num_threads(cfg.threads)
     inference_threads = rollout_thread_count(cfg.rollout_threads, cfg.threads, os.environ.get("OMP_WAIT_POLICY"))
     torch.manual_seed(cfg.seed)

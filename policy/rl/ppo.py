@@ -40,6 +40,7 @@ from dpstack.policy.rl.gaussian import GaussianPolicy, RunningNorm
 from dpstack.policy.rl.losses import approx_kl, clip_fraction, clipped_surrogate, explained_variance, gae, normalize
 from dpstack.policy.rl.losses import value_loss as value_loss_fn
 from dpstack.policy.rollout import Rollouts, RolloutSpec
+from dpstack.rundir import check_fresh
 from dpstack.tasks import TaskConfig
 
 
@@ -120,8 +121,7 @@ def train(cfg: PPOConfig, init: GaussianPolicy | None = None) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     out, latest = Path(cfg.out), Path(cfg.out) / "checkpoints" / "latest"
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"{out}: already holds a run; pass resume=true to continue it or choose a new out")
+    check_fresh(out, cfg.resume)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     spec = task_spec(cfg.task)
