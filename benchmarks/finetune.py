@@ -198,10 +198,10 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo), ("bc", bc), ("ppo_bc", ppo)):
         out = runs / f"{checkpoint.name}-eval"
         _record(row, key, _eval(checkpoint, out, args.eval_episodes, log, commands), success)
-    # a return ratio only where both summed the same reward (Push-T's DPPO trains and so evaluates on `progress`)
+    # a return ratio only where both summed the same reward (Push-T's DPPO trains and so evaluates on `success`)
     comparable = _reward(dppo) == _reward(pretrained)
     row["dppo_over_pretrained"] = _ratio(row["dppo_return"], row["pretrained_return"]) if comparable else None
-    row["run_logs"] = {run.name: _run_log(run) for run in (dppo, bc, ppo)}
+    row["run_logs"] = {run.name: _run_log(run) for run in (pretrained, dppo, bc, ppo)}
     # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
         out = runs / f"{checkpoint.name}-eval-mean"

@@ -57,10 +57,15 @@ def _eval(checkpoint: Path, out: Path, episodes: int, log: Path, commands: list[
         if (checkpoint / "model.safetensors").exists()
         else checkpoint / "checkpoints" / "latest" / "model.safetensors"
     )
-    if not (record_path.exists() and record_path.stat().st_mtime > model.stat().st_mtime
-            and json.loads(record_path.read_text())["episodes"] == episodes):  # fmt: skip
-        command = [DPSTACK, "eval", f"checkpoint={checkpoint}", f"out={out}", f"episodes={episodes}", "num_envs=2",
-                   "videos=1", "progress=false", *extra]  # fmt: skip
+    command = [DPSTACK, "eval", f"checkpoint={checkpoint}", f"out={out}", f"episodes={episodes}", "num_envs=2",
+               "videos=1", "progress=false", *extra]  # fmt: skip
+    if (
+        record_path.exists()
+        and record_path.stat().st_mtime > model.stat().st_mtime
+        and (json.loads(record_path.read_text())["episodes"] == episodes)
+    ):  # the row still names the command behind the numbers it reads
+        commands.append(shlex.join(["dpstack", *command[1:]]) + "  # an earlier run's evaluation, not re-run")
+    else:
         commands.append(shlex.join(["dpstack", *command[1:]]))
         run_command(command, log)
     return json.loads(record_path.read_text())
