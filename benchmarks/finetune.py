@@ -36,7 +36,7 @@ import numpy as np
 
 from benchmarks.policies import DPSTACK, run_command
 from benchmarks.report import write_results
-from benchmarks.rl import DDPM_MEAN, _eval, _run_log, _spread, _state
+from benchmarks.rl import DDPM_MEAN, REUSED, _eval, _run_log, _spread, _state
 
 # DPPO's published end returns (Ren et al. 2024, Gym; ../shared/reference.md section 4)
 PUBLISHED = {"hopper": 3246.0, "walker2d": 3843.0, "halfcheetah": 5310.0}
@@ -263,7 +263,8 @@ def main() -> None:
         for row in rows:  # a stage that resumed a run also stands on the earlier invocations' commands
             old = before.get(row["task"], {})
             if _same_runs(old, row):  # not when the runs were made anew (a lost run directory, a new pretraining)
-                row["earlier_commands"] = old.get("earlier_commands", []) + old.get("commands", [])
+                ran = [c for c in old.get("commands", []) if not c.endswith(REUSED)]  # reused ones are listed anew
+                row["earlier_commands"] = old.get("earlier_commands", []) + ran
         measured = {r["task"] for r in rows}
         rows = [r for task, r in before.items() if task not in measured] + rows
     columns = [

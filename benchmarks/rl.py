@@ -49,6 +49,9 @@ def _state(run: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+REUSED = "  # an earlier run's evaluation, not re-run"  # marks a command a row reads but did not run
+
+
 def _eval(checkpoint: Path, out: Path, episodes: int, log: Path, commands: list[str], extra: list[str] = ()) -> dict:
     """`dpstack eval` unless an evaluation of this checkpoint with as many episodes exists."""
     record_path = out / "eval.json"
@@ -59,15 +62,13 @@ def _eval(checkpoint: Path, out: Path, episodes: int, log: Path, commands: list[
     )
     command = [DPSTACK, "eval", f"checkpoint={checkpoint}", f"out={out}", f"episodes={episodes}", "num_envs=2",
                "videos=1", "progress=false", *extra]  # fmt: skip
-    if (
-        record_path.exists()
-        and record_path.stat().st_mtime > model.stat().st_mtime
-        and (json.loads(record_path.read_text())["episodes"] == episodes)
-    ):  # the row still names the command behind the numbers it reads
-        commands.append(shlex.join(["dpstack", *command[1:]]) + "  # an earlier run's evaluation, not re-run")
-    else:
-        commands.append(shlex.join(["dpstack", *command[1:]]))
-        run_command(command, log)
+    line = shlex.join(["dpstack", *command[1:]])
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record and record_path.stat().st_mtime > model.stat().st_mtime and record["episodes"] == episodes:
+        commands.append(line + REUSED)  # the row still names the command behind the numbers it reads
+        return record
+    commands.append(line)
+    run_command(command, log)
     return json.loads(record_path.read_text())
 
 
