@@ -13,9 +13,10 @@ resumes) and is skipped when its output is complete:
    then fine-tuned by the same PPO harness for the same env steps (`dpstack rl train init=...`; fewer with
    `--baseline-steps`, for a baseline that has already converged);
 4. `dpstack eval` of all four policies on `--eval-episodes` seeds from 100000 (never the seeds that the
-   runs evaluated on during training, which start at 200000), and of both diffusion policies again with
-   DPPO's deterministic evaluation (`sampler=ddpm sampler.deterministic=true`);
-5. curves (training return of both runs and DPPO's deterministic evaluations against env steps) and
+   runs evaluated on during training, which start at 200000): the diffusion policies' own ancestral DDPM
+   is DPPO's evaluation protocol (its `deterministic=True` keeps DDPM's own noise, none at the last step);
+   both are evaluated again with DDPM's posterior means (`sampler=ddpm sampler.deterministic=true`);
+5. curves (training return of both runs and DPPO's evaluations during training against env steps) and
    where DPPO's time goes (policy inference, simulation + harness, update; medians per iteration).
 
     python -m benchmarks.finetune [--tasks halfcheetah] [--steps 1000000] [--eval-episodes 50]
@@ -122,7 +123,7 @@ def plot(task: str, dppo: list[dict], ppo: list[dict], path: Path) -> None:
     evals = [(h["env_steps"], h["eval_return"], h["eval_return_se"]) for h in dppo if "eval_return" in h]
     if evals:
         x, y, se = (np.array(v) for v in zip(*evals, strict=True))
-        ax.errorbar(x, y, yerr=se, marker="o", label="DPPO (deterministic evaluation)")
+        ax.errorbar(x, y, yerr=se, marker="o", label="DPPO (evaluations during training)")
     ax.set_title(task)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
@@ -202,7 +203,7 @@ def run_task(name: str, args: argparse.Namespace) -> dict[str, Any]:
     comparable = _reward(dppo) == _reward(pretrained)
     row["dppo_over_pretrained"] = _ratio(row["dppo_return"], row["pretrained_return"]) if comparable else None
     row["run_logs"] = {run.name: _run_log(run) for run in (pretrained, dppo, bc, ppo)}
-    # both diffusion policies again under DPPO's deterministic evaluation (DDPM's posterior means)
+    # both diffusion policies again with DDPM's posterior means (no noise; DPPO's protocol is the ancestral row)
     for key, checkpoint in (("pretrained", pretrained), ("dppo", dppo)):
         out = runs / f"{checkpoint.name}-eval-mean"
         _record(row, f"{key}_mean", _eval(checkpoint, out, args.eval_episodes, log, commands, DDPM_MEAN), success)

@@ -2,7 +2,7 @@
 
 A probe is a set of `dpstack finetune` runs from one pretrained checkpoint, made side by side; this
 summarizes each run's `metrics.jsonl`: the exploring training episodes of the first iterations (the
-critic warm-up: the pretrained policy) against the last ones, the deterministic evaluations, and where
+critic warm-up: the pretrained policy) against the last ones, the evaluations during training, and where
 the time went. It runs nothing itself; the JSON records the commands that made the runs.
 
     python -m benchmarks.finetune_probe --name dppo_pusht_lr \
@@ -65,7 +65,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         line = axes[0].plot(steps, [h["score"] for h in history], label=f"{label}: training (exploring)")[0]
         evals = [h for h in history if "eval_score" in h]
         axes[0].plot([h["env_steps"] for h in evals], [h["eval_score"] for h in evals], "o--", color=line.get_color(),
-                     label=f"{label}: evaluation (deterministic)")  # fmt: skip
+                     label=f"{label}: evaluation during training")  # fmt: skip
         axes[1].plot(steps, [h["return"] for h in history], color=line.get_color(), label=label)
     axes[0].set_ylabel("score (max coverage / 0.95, clipped)")
     axes[1].set_ylabel("training return (progress reward)")
@@ -98,7 +98,7 @@ def main() -> None:
         ("run", "run"), ("env steps", "env_steps"), ("start score", "start_score"), ("+-", "start_score_se"),
         ("end score", "end_score"), ("+-", "end_score_se"), ("start return", "start_return"),
         ("end return", "end_return"), ("+-", "end_return_se"), ("start success", "start_success"),
-        ("end success", "end_success"), ("last eval score (deterministic)", "last_eval_score"),
+        ("end success", "end_success"), ("last eval score (during training)", "last_eval_score"),
         ("s rollout", "median_rollout_s"), ("s inference", "median_inference_s"), ("s update", "median_update_s"),
         ("env steps / s", "median_sps"),
     ]  # fmt: skip

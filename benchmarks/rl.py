@@ -12,8 +12,9 @@ the JSON records each one, resumes included) and is skipped when its output is a
 4. Diffusion Policy (`policy=mlp-locomotion`, DPPO's setting) trained on the medium store for
    `--dp-steps` steps at peak learning rate `--dp-lr` (a run made with another recipe is renamed
    aside) and evaluated on `--eval-episodes` seeds from 100000, against the store's own mean episode
-   return: with its own (ancestral DDPM) sampler and with DPPO's deterministic evaluation
-   (`sampler=ddpm sampler.deterministic=true`, each reverse step's posterior mean).
+   return: with its own (ancestral DDPM) sampler, which is DPPO's evaluation protocol (its
+   `deterministic=True` keeps DDPM's own noise, none at the last step), and with DDPM's posterior means
+   (`sampler=ddpm sampler.deterministic=true`, no noise at all).
 
 A store collected by another checkpoint than the one chosen now (a retrained expert) is renamed aside,
 with the Diffusion Policy runs trained on it, and made anew.
@@ -41,7 +42,7 @@ from dpstack.data.store import EpisodeStore
 from dpstack.envs.locomotion import BODIES
 from dpstack.tasks import TaskConfig
 
-DDPM_MEAN = ["sampler=ddpm", "sampler.deterministic=true"]  # DPPO's deterministic evaluation
+DDPM_MEAN = ["sampler=ddpm", "sampler.deterministic=true"]  # each reverse step's posterior mean, no noise
 
 
 def _state(run: Path) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def run_task(name: str, args: argparse.Namespace, runs: Path) -> dict[str, Any]:
     row["dp_score"], row["dp_steps"] = record["mean_score"], args.dp_steps
     row["dp_over_medium"] = row["dp_return"] / row["medium_store_return"]
     row["run_logs"] = {run.name: _run_log(run) for run in (ppo, dp)}
-    # DPPO's evaluation protocol: the same chain without its reverse steps' noise (DDPM's posterior means)
+    # the same chain without its reverse steps' noise (DDPM's posterior means; DPPO's protocol is the row above)
     mean = _eval(dp, runs / f"dp-{name}-medium-eval-mean", args.eval_episodes, log, commands, DDPM_MEAN)
     row["dp_mean_return"], row["dp_mean_return_se"] = _spread(mean)
     row["dp_mean_over_medium"] = row["dp_mean_return"] / row["medium_store_return"]

@@ -74,7 +74,7 @@ def train_config(store: Path, out: Path, **kwargs) -> TrainConfig:
 # A tiny streaming-trained U-Net exported with three samplers: shared by the export and ROS tests.
 EXPORT_SAMPLERS = {
     "ddim": DDIMOptions(num_inference_steps=3),
-    "ddpm-mean": DDPMOptions(num_inference_steps=3, deterministic=True),  # DPPO's evaluation sampler
+    "ddpm-mean": DDPMOptions(num_inference_steps=3, deterministic=True),  # each step's posterior mean (no noise at all)
     "streaming": StreamingOptions(num_inference_steps=3),  # 3 chunks, one call per tick
     "rti": RTIOptions(first="ddim", num_inference_steps=3, timesteps=[1, 0]),
 }

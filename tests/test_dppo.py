@@ -206,6 +206,14 @@ def test_a_short_finetune_raises_the_return_and_the_checkpoint_runs_everywhere(
         assert result.returncode == 0, result.stderr
         returns[name] = json.loads((tmp_path / name / "eval.json").read_text())["mean_return"]
     assert returns["tuned"] > returns["pretrained"], returns
+    # the evaluation during training is DPPO's protocol, which is the checkpoint's own sampler: `dpstack eval` on
+    # the same seeds reproduces the last one (evaluating posterior means, the old protocol, does not)
+    args = [f"checkpoint={run}", f"out={tmp_path / 'again'}", "episodes=8", "seed=200000", "num_envs=8", "videos=0",
+            "progress=false", "threads=1"]  # fmt: skip
+    result = subprocess.run([DPSTACK, "eval", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())["mean_return"]
+    assert again == pytest.approx(history[-1]["eval_return"], rel=1e-4), (again, history[-1]["eval_return"])
     # export (parity checked by the command) and the torch-free runtime acting like PyTorch
     onnx = tmp_path / "onnx"
     result = subprocess.run([DPSTACK, "export", f"checkpoint={run}", f"out={onnx}"], capture_output=True, text=True,

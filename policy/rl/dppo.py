@@ -13,10 +13,11 @@ Diffusion Policy checkpoint). Per iteration:
    step's log-likelihood (clamped, averaged over the executed actions), normalized advantages
    discounted by gamma_denoising^(K' - i - 1), a clip that rises from `clip_base` to `clip_last` across
    the steps; critic warm-up, gradient clipping, a target-KL stop;
-4. deterministic evaluation as DPPO's (the fine-tuned chain without exploration noise: DDPM's posterior
-   means, or DDIM with eta 0; seeds from `eval_seed`) every `eval_every` iterations, checkpoints,
-   metrics.jsonl, TensorBoard, a PNG. `dpstack eval ... sampler=ddpm sampler.deterministic=true`
-   reproduces it; the checkpoint's default sampler stays the stochastic chain.
+4. evaluation as DPPO's `deterministic=True` (the fine-tuned chain without the exploration floor: DDPM
+   keeps each reverse step's own noise and has none at the last step, DDIM runs with eta 0; seeds from
+   `eval_seed`) every `eval_every` iterations, checkpoints, metrics.jsonl, TensorBoard, a PNG. That is the
+   checkpoint's own sampler, so a plain `dpstack eval` reproduces it; `eval_mean=true` evaluates DDPM's
+   posterior means instead (no noise at all, `sampler=ddpm sampler.deterministic=true`).
 
 The math is in `dpstack.policy.rl.losses` (shared with Gaussian PPO); each config key below has DPPO's
 default for its Gym setting (../shared/reference.md section 4), scaled to this machine where noted.
@@ -141,6 +142,13 @@ class DPPOConfig:
     eval_episodes: int = field(default=10, metadata={"help": "episodes per evaluation (0: none)", **bounds(0)})
     eval_seed: int = field(
         default=200_000, metadata={"help": "first seed of the evaluations during training", **bounds(0)}
+    )
+    eval_mean: bool = field(
+        default=False,
+        metadata={
+            "help": "evaluate DDPM's posterior means (no noise at all) instead of DPPO's protocol (each reverse "
+            "step's own noise, none at the last step: the checkpoint's own sampler)"
+        },
     )
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints", **bounds(1)})
     seed: int = field(default=0, metadata={"help": "seed of the noise and the env seeds", **bounds(0)})
@@ -354,9 +362,10 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
 
     def evaluate() -> dict[str, float]:
         spec = EvalSpec(cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed, num_envs=min(cfg.eval_episodes, 8))
-        # the fine-tuned chain without exploration, deterministic as DPPO evaluates: DDPM's posterior means
-        # (DDIM's default eta 0 already is)
-        sampler = policy.make_sampler({"deterministic": True}) if cfg.sampler == "ddpm" else None
+        # the fine-tuned chain without the exploration floor, as DPPO evaluates (`deterministic=True` in its
+        # diffusion_vpg.py keeps DDPM's own noise except at the last step; DDIM gets eta 0): the checkpoint's
+        # own sampler, which is what `dpstack eval` runs
+        sampler = policy.make_sampler({"deterministic": True}) if cfg.eval_mean and cfg.sampler == "ddpm" else None
         with torch_threads(inference_threads):
             record = evaluate_policy(policy, spec, sampler)
         returns = [e["return"] for e in record["per_episode"]]
@@ -564,7 +573,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     evals = [(h["env_steps"], h["eval_return"], h["eval_return_se"]) for h in history if "eval_return" in h]
     if evals:
         x, y, se = (np.array(v) for v in zip(*evals, strict=True))
-        ax.errorbar(x, y, yerr=se, marker="o", label="evaluation (deterministic)")
+        ax.errorbar(x, y, yerr=se, marker="o", label="evaluation (no exploration floor)")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
     if train or evals:

@@ -38,7 +38,8 @@ class ChunkSampler:
 
     noise[0] is the initial sample x_T; noise[i + 1] is the noise of reverse step i (unused, and may be
     zeros, for deterministic DDIM). `step_noise` False zeroes the reverse steps' noise: DDPM then takes
-    each step's posterior mean ("DDPM mean", DPPO's deterministic evaluation). `actions_per_tick` None
+    each step's posterior mean ("DDPM mean"; DPPO's own evaluation keeps DDPM's noise, which is zero at the
+    last step anyway, i.e. the default). `actions_per_tick` None
     executes the policy's n_action_steps.
     """
 
@@ -109,7 +110,10 @@ class DDPMOptions:
     )
     deterministic: bool = field(
         default=False,
-        metadata={"help": "no noise in the reverse steps: each step's posterior mean (DPPO's evaluation)"},
+        metadata={
+            "help": "no noise in the reverse steps: each step's posterior mean (stricter than DPPO's "
+            "evaluation, which is the default: DDPM's own noise, none at the last step)"
+        },
     )
     actions_per_tick: int | None = field(default=None, metadata={"help": _STEPS_HELP, **bounds(1)})
 
