@@ -263,6 +263,9 @@ def test_critic_warmup_leaves_the_policy_unchanged_then_the_actor_learns(weak_ho
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [1, 2, 3, 4]
     assert [row["actor_lr"] for row in rows] == [cfg.actor_lr] * 3 + [lr]
+    # the actor's gradient norm (before clipping) is logged once the actor trains, not during the warm-up
+    assert all(math.isnan(row["actor_grad_norm"]) for row in rows[:2])
+    assert all(math.isfinite(row["actor_grad_norm"]) and row["actor_grad_norm"] > 0 for row in rows[2:])
 
 
 def test_sigkill_then_resume_continues_at_the_same_iteration(weak_hopper: Path, tmp_path: Path) -> None:

@@ -434,7 +434,9 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
             b_adv, b_ret, b_val = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
 
             # 3. epochs of minibatches over (env step x denoising step) pairs
-            stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac")}
+            stats: dict[str, list[float]] = {
+                k: [] for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac", "actor_grad_norm")
+            }
             pairs, stop = samples * k_ft, False
             for _ in range(cfg.epochs):
                 order = torch.randperm(pairs, generator=generator).to(device)
@@ -473,7 +475,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                     distributed.average_gradients(
                         [*policy.denoiser.finetuned.parameters(), *critic.parameters()], world
                     )
-                    nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
+                    grad_norm = nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
                     actor_optimizer.step()
                     critic_optimizer.step()
                     with torch.no_grad():  # the ranks agree on the early stop
@@ -482,6 +484,7 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                     stats["value_loss"].append(float(v_loss.detach()))
                     stats["approx_kl"].append(kl)
                     stats["clipfrac"].append(float(clip_fraction(log_ratio, clip)))
+                    stats["actor_grad_norm"].append(float(grad_norm))  # before clipping: how often max_grad_norm binds
                     if cfg.target_kl is not None and kl > cfg.target_kl:
                         stop = True
                         break
