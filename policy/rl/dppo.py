@@ -127,8 +127,12 @@ class DPPOConfig:
         metadata={"help": "per-element log-likelihood clamp, high; >= -log(min_logprob_std) - 0.92 (checked)"},
     )
     value_coef: float = field(default=0.5, metadata={"help": "value loss weight", **bounds(0)})
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "gradient clip of the fine-tuned denoiser", **bounds(0, open_low=True)}
+    max_grad_norm: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "gradient clip of the fine-tuned denoiser (null: none; DPPO's own configs set none)",
+            **bounds(0, open_low=True),
+        },
     )
     target_kl: float | None = field(
         default=1.0, metadata={"help": "stop an update's epochs past this KL", **bounds(0, open_low=True)}
@@ -475,7 +479,9 @@ def finetune(cfg: DPPOConfig, policy: Any, checkpoint_task: str | None = None) -
                     distributed.average_gradients(
                         [*policy.denoiser.finetuned.parameters(), *critic.parameters()], world
                     )
-                    grad_norm = nn.utils.clip_grad_norm_(policy.denoiser.finetuned.parameters(), cfg.max_grad_norm)
+                    grad_norm = nn.utils.clip_grad_norm_(
+                        policy.denoiser.finetuned.parameters(), cfg.max_grad_norm or math.inf
+                    )  # inf: measured, not clipped
                     actor_optimizer.step()
                     critic_optimizer.step()
                     with torch.no_grad():  # the ranks agree on the early stop
