@@ -151,7 +151,8 @@ class DPPOConfig:
         default=False,
         metadata={
             "help": "evaluate DDPM's posterior means (no noise at all) instead of DPPO's protocol (each reverse "
-            "step's own noise, none at the last step: the checkpoint's own sampler)"
+            "step's own noise, none at the last step: the checkpoint's own sampler); DDPM only, DDIM evaluates "
+            "with eta 0 either way"
         },
     )
     checkpoint_every: int = field(default=5, metadata={"help": "iterations between checkpoints", **bounds(1)})
