@@ -14,8 +14,13 @@ Reward (``reward=``, what RL maximizes; success and score do not depend on it):
   an agent that hovers just below the threshold collects more of it than one that finishes.
 - ``progress``: the change of that clipped coverage over the step, plus 1 on the step that succeeds. An
   episode's sum is final minus initial coverage plus 1 on success, so finishing is what pays.
-- ``success``: 1 on the step that succeeds, else 0 (sparse, as DPPO's robomimic tasks): an episode's
-  sum is its success, so nothing pays for coverage short of it.
+- ``success``: 1 on the step that succeeds, else 0 (sparse): an episode's sum is its success, so nothing
+  pays for coverage short of it.
+- ``success_time``: on the step that succeeds, the share of the episode's steps still left, counting that
+  step ((max_steps - t) / max_steps after t earlier steps), else 0. DPPO's robomimic tasks do not end on
+  success and pay 1 for every step spent in it, so their return is the steps left at success; gym-pusht
+  ends the episode there, and this pays that return at once (divided by max_steps). Finishing sooner pays
+  more, which the `success` reward under gamma 0.999 barely does.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ EVAL_SEED = 100_000
 SUCCESS_COVERAGE = 0.95
 
 
-REWARDS = ("coverage", "progress", "success")
+REWARDS = ("coverage", "progress", "success", "success_time")
 
 
 class PushTEnv(TaskEnv):
@@ -87,6 +92,8 @@ class PushTEnv(TaskEnv):
             self._potential = potential
         elif self.reward == "success":
             reward = float(info["is_success"])
+        elif self.reward == "success_time":
+            reward = float(info["is_success"]) * (self.max_steps - self._t) / self.max_steps  # _t: earlier steps
         self._max_coverage = max(self._max_coverage, float(info["coverage"]))
         score = min(self._max_coverage / SUCCESS_COVERAGE, 1.0)
         return (

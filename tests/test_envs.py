@@ -92,7 +92,7 @@ def test_pusht_expert_succeeds() -> None:
 def test_pusht_progress_reward_sums_to_the_coverage_gained_plus_one_on_success_and_success_is_sparse() -> None:
     """Same actions on both rewards: `coverage` pays gym-pusht's clipped coverage per step, `progress` its change."""
     seed, rewards, infos = 100000, {}, {}
-    for kind in ("coverage", "progress", "success"):
+    for kind in ("coverage", "progress", "success", "success_time"):
         env = make_env(TaskConfig(name="pusht", env={"reward": kind}))
         expert = make_expert("pusht", np.random.default_rng(seed))
         env.reset(seed=seed)
@@ -109,7 +109,10 @@ def test_pusht_progress_reward_sums_to_the_coverage_gained_plus_one_on_success_a
     np.testing.assert_allclose(rewards["progress"], gained + np.eye(len(gained))[-1], atol=1e-9)
     assert sum(rewards["progress"]) == pytest.approx(rewards["coverage"][-1] - start + 1.0)
     assert rewards["success"] == [0.0] * (len(gained) - 1) + [1.0]  # sparse: only the succeeding step pays
-    with pytest.raises(ConfigError, match=r"env\.reward must be one of coverage, progress, success, got 'dense'"):
+    # the steps left at success, counting the succeeding one, as a share of the 300: DPPO's robomimic return
+    steps = len(gained)
+    assert rewards["success_time"] == [0.0] * (steps - 1) + [pytest.approx((300 - steps + 1) / 300)]
+    with pytest.raises(ConfigError, match=r"env\.reward must be one of coverage, progress, success, success_time, got"):
         make_env(TaskConfig(name="pusht", env={"reward": "dense"}))
 
 
