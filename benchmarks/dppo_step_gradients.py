@@ -9,8 +9,8 @@ scale then shrinks what the other steps get.
 
 The last DDPM step has no noise of its own (std 0): its sampling std is the floor. With both floors at
 0.01 its log-likelihood's gradient is ~(x - mean) / 0.01^2, on Push-T's weak start 6-43x each other
-step's (69% of the sum); with `min_sampling_std=0` the recorded last sample is the step's mean, so its gradient is 0 at
-the recorded weights and the steps with their own noise drive the update.
+step's (69% of the sum); with `min_sampling_std=0` the recorded last sample is the step's mean, so its
+gradient is 0 at the recorded weights and the steps with their own noise drive the update.
 
     python -m benchmarks.dppo_step_gradients --checkpoint runs/dp-pusht-weak10k --dataset runs/pusht200.zarr
 """
