@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.report import write_results
-from dpstack.data.dataset import SequenceDataset
+from benchmarks.windows import demonstration_conditions
 from dpstack.methods import load_policy
 from dpstack.policy.rl.chain import ChainOptions
 from dpstack.policy.rl.dppo import DPPOConfig, prepare
@@ -45,12 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     policy = load_policy(args.checkpoint)
-    cfg = policy.cfg
-    data = SequenceDataset(args.dataset, list(policy.obs_features), horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps)
-    batch = data.batch(np.random.default_rng(args.seed).choice(len(data), args.windows, replace=False))
+    cond = demonstration_conditions(policy, args.dataset, args.windows, args.seed)
     chain = prepare(policy, DPPOConfig(checkpoint=args.checkpoint, out="-", finetuned_steps=args.finetuned_steps), None)
-    with torch.no_grad():
-        cond = policy.condition({k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()})
     weights = list(policy.denoiser.finetuned.parameters())
     advantages = torch.randn(args.windows, generator=torch.Generator().manual_seed(args.seed + 1))
     rows = []

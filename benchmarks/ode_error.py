@@ -14,11 +14,10 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.report import write_results
-from dpstack.data.dataset import SequenceDataset
+from benchmarks.windows import demonstration_conditions
 from dpstack.methods import load_policy
 from dpstack.policy.samplers.chunk import reverse_steps
 from dpstack.policy.schedulers import SPACINGS, DDIMScheduler, spaced_timesteps
@@ -38,9 +37,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     policy = load_policy(args.checkpoint)
     cfg = policy.cfg
-    data = SequenceDataset(args.dataset, list(policy.obs_features), horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps)
-    batch = data.batch(np.random.default_rng(args.seed).choice(len(data), args.windows, replace=False))
-    cond = policy.condition({k: v[:, : cfg.n_obs_steps] for k, v in batch["obs"].items()})
+    cond = demonstration_conditions(policy, args.dataset, args.windows, args.seed)
     start = torch.randn(args.windows, cfg.horizon, policy.action_dim)
     levels = policy.schedule.num_train_timesteps
 
