@@ -68,7 +68,7 @@ def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
                      label=f"{label}: evaluation during training")  # fmt: skip
         axes[1].plot(steps, [h["return"] for h in history], color=line.get_color(), label=label)
     axes[0].set_ylabel("score (max coverage / 0.95, clipped)")
-    axes[1].set_ylabel("training return (progress reward)")
+    axes[1].set_ylabel("training return (per episode, the run's reward)")
     for ax in axes:
         ax.set_xlabel("environment steps")
         ax.legend(fontsize=8)
