@@ -120,6 +120,8 @@ def _variants(
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from dpstack.policy.export import QUANTIZED_WEIGHTS
+
     sessions = {
         "fp32, optimization all (the runtime's)": _session(model),
         "fp32, PyTorch's Mish, GroupNorm and Conv1d (onnx_ops=False)": _session(torch_spelling),
@@ -136,7 +138,7 @@ def _variants(
     ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     for name, ops in (("int8 MatMul weights", ["MatMul", "Gemm"]), ("int8 Conv + MatMul weights", ["Conv", "MatMul"])):
         path = work / f"{name.split()[0]}-{len(ops)}.onnx"
-        quantize_dynamic(folded, path, op_types_to_quantize=ops, weight_type=QuantType.QInt8)
+        quantize_dynamic(folded, path, op_types_to_quantize=ops, weight_type=getattr(QuantType, QUANTIZED_WEIGHTS))
         sessions[name] = _session(path)
     calls = {name: (lambda s=s: s.run(None, feeds), s) for name, s in sessions.items()}
     runtime = sessions["fp32, optimization all (the runtime's)"]

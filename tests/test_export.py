@@ -60,6 +60,8 @@ def test_int8_export_is_kept_within_its_bound_and_refused_above_it(trained: Path
     assert 0 < worst["normalized"] == meta["quantization"]["parity_normalized"] <= 0.05
     ops = {node.op_type for node in onnx.load(out / "policy.onnx").graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops, sorted(ops)
+    weights = {t.data_type for t in onnx.load(out / "policy.onnx").graph.initializer if t.name.endswith("_quantized")}
+    assert weights == {onnx.TensorProto.UINT8}  # u8u8 kernels: int8 weights saturate on x86 CPUs without VNNI
     assert (out / "denoiser.onnx").read_bytes() == fp32["denoiser.onnx"]  # not covered by the parity check: fp32
     assert parity_check(policy, sampler, out)["normalized"] == pytest.approx(worst["normalized"])
     runtime = OnnxPolicy(out, seed=0)  # the runtime runs it like any export
