@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -27,6 +28,7 @@ from dpstack.errors import ConfigError
 CONFIG_DIR = Path(str(files("dpstack.configs")))
 T = TypeVar("T")
 _MISSING_OPTION = re.compile(r"Could not find '([^']+/[^']+)'")
+_PARSER = OverridesParser.create()
 _UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'|Key '([^']+)' (?:is not in struct|not in )")
 
 
@@ -62,11 +64,36 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
         ("++" if o.split(".")[0] in free and "." in o.split("=")[0] else "") + (f"{group}.{o}" if group else o)
         for o in overrides
     ]
+    # A plain key that shares its name with a config group this config does not pull (finetune's
+    # `sampler=ddim` against configs/sampler/) would be taken by hydra for a group choice: set its value
+    # after composing instead.
+    pulled = _default_groups(config_name)
+    plain = [o for o in overrides if _is_plain_value_override(o, schema, pulled)]
     try:
-        raw = compose_raw(config_name, overrides)
+        raw = compose_raw(config_name, [o for o in overrides if o not in plain])
+        for override in _PARSER.parse_overrides(plain):
+            OmegaConf.update(raw, override.key_or_group, override.value(), merge=False)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _config_error(exc, schema, where) from None
     return to_schema(schema, OmegaConf.select(raw, group) if group else raw, where)
+
+
+def _default_groups(config_name: str) -> set[str]:
+    """The config groups that `configs/<config_name>.yaml`'s defaults list pulls (`task`, `dppo`, ...)."""
+    path = CONFIG_DIR / f"{config_name}.yaml"
+    defaults = OmegaConf.load(path).get("defaults", []) if path.is_file() else []
+    entries = [next(iter(d)) for d in defaults if isinstance(d, DictConfig)]
+    return {e.split()[-1] for e in entries}  # "optional dppo" -> "dppo"
+
+
+def _is_plain_value_override(override: str, schema: type, pulled: set[str]) -> bool:
+    key = override.partition("=")[0]
+    return (
+        key in _valid_keys(schema)
+        and key not in pulled
+        and (CONFIG_DIR / key).is_dir()
+        and "dict[" not in str(next(f.type for f in dataclasses.fields(schema) if f.name == key))
+    )
 
 
 def to_schema(schema: type[T], values: Any, where: str) -> T:

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from dpstack.bounds import OUTPUT_DIRECTORY, bounds, check_bounds, field_violation
 from dpstack.cli import COMMANDS, Command
-from dpstack.config import compose_raw, to_schema
+from dpstack.config import compose_raw, load_config, to_schema
 from dpstack.data.store import EpisodeStore
 from dpstack.errors import ConfigError
+from dpstack.policy.rl.dppo import DPPOConfig
 from dpstack.policy.samplers import SAMPLERS, ChunkSampler, DDIMOptions
 from dpstack.policy.schedulers import DDIMScheduler, NoiseSchedule
 from tests.test_robomimic_import import _write_robomimic
@@ -136,6 +137,21 @@ def test_sampler_options_are_range_checked_before_any_rollout() -> None:
         to_schema(DDIMOptions, {"num_inference_steps": 0}, "sampler ddim")
     with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 20\], got 500"):
         ChunkSampler(DDIMScheduler(NoiseSchedule(20)), 500)  # more levels than the schedule: at construction
+
+
+def test_a_plain_key_named_like_a_config_group_is_a_value_not_a_group_choice(tmp_path: Path) -> None:
+    # finetune's `sampler` is a string (the Gaussian chain), and configs/sampler/ is also a config group:
+    # hydra alone refuses `sampler=ddim` ("No match in the defaults list"), which read as an unknown key
+    overrides = ["checkpoint=ck", "out=run", "task=pusht", "sampler=ddim", "num_inference_steps=5"]
+    cfg = load_config("finetune", DPPOConfig, overrides)
+    assert (cfg.sampler, cfg.num_inference_steps, cfg.task.name) == ("ddim", 5, "pusht")
+    assert cfg.min_sampling_std == 0.01  # the task's own preset (configs/dppo/pusht.yaml) is still pulled
+    with pytest.raises(ConfigError, match="sampler: 'euler' is not a Gaussian chain"):
+        load_config("finetune", DPPOConfig, ["checkpoint=ck", "out=run", "sampler=euler"])
+    result = dpstack(
+        "finetune", f"checkpoint={tmp_path / 'none'}", "task=pusht", f"out={tmp_path / 'run'}", "sampler=ddim"
+    )
+    assert result.returncode != 0 and "unknown key" not in result.stderr and str(tmp_path / "none") in result.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c.words) for c in COMMANDS])
