@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {}
     for spec in args.run:
-        label, _, path = spec.partition("=")
+        label, _, path = spec.rpartition("=")  # the label may hold "=" (K'=5), a path rarely does
         if not path or not Path(path).exists():
             raise SystemExit(f"--run {spec!r}: expected LABEL=path/to/metrics.jsonl of an existing file")
         runs[label] = [json.loads(line) for line in Path(path).read_text().splitlines()]
