@@ -53,6 +53,14 @@ def summarize(label: str, history: list[dict[str, Any]], first: int, last: int) 
     return row
 
 
+def parse_run(spec: str) -> tuple[str, Path]:
+    """`--run LABEL=path/to/metrics.jsonl`: split at the last '=' (a label may hold one, K'=5; a path rarely does)."""
+    label, _, path = spec.rpartition("=")
+    if not label or not path or not Path(path).is_file():
+        raise SystemExit(f"--run {spec!r}: expected LABEL=path/to/metrics.jsonl of an existing file")
+    return label, Path(path)
+
+
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -89,10 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {}
     for spec in args.run:
-        label, _, path = spec.rpartition("=")  # the label may hold "=" (K'=5), a path rarely does
-        if not path or not Path(path).exists():
-            raise SystemExit(f"--run {spec!r}: expected LABEL=path/to/metrics.jsonl of an existing file")
-        runs[label] = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        label, path = parse_run(spec)
+        runs[label] = [json.loads(line) for line in path.read_text().splitlines()]
     rows = [summarize(label, history, args.first, args.last) for label, history in runs.items()]
     columns = [
         ("run", "run"), ("env steps", "env_steps"), ("start score", "start_score"), ("+-", "start_score_se"),

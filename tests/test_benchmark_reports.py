@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from benchmarks.few_step import pooled
 from benchmarks.finetune import WEAK, _ratio, _same_runs
+from benchmarks.finetune_probe import parse_run
 
 
 def _block(sampler: str, seed: int, score: float, diff: float, se: float, checkpoint: str = "student") -> dict:
@@ -77,3 +79,12 @@ def test_a_finetune_ratio_over_a_zero_start_is_left_empty_and_weak_starts_name_t
         "dp-pusht-weak",
         "-success",
     )
+
+
+def test_a_probe_run_label_may_hold_an_equals_sign_and_a_bad_spec_names_itself(tmp_path: Path) -> None:
+    metrics = tmp_path / "a.metrics.jsonl"
+    metrics.write_text("{}\n")
+    assert parse_run(f"DDIM-5, K'=5={metrics}") == ("DDIM-5, K'=5", metrics)
+    for spec in (str(metrics), f"label={tmp_path / 'missing.jsonl'}", f"label={tmp_path}", "label="):
+        with pytest.raises(SystemExit, match=r"expected LABEL=path/to/metrics\.jsonl"):
+            parse_run(spec)
