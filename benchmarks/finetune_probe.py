@@ -54,11 +54,12 @@ def summarize(label: str, history: list[dict[str, Any]], first: int, last: int) 
 
 
 def parse_run(spec: str) -> tuple[str, Path]:
-    """`--run LABEL=path/to/metrics.jsonl`: split at the last '=' (a label may hold one, K'=5; a path rarely does)."""
-    label, _, path = spec.rpartition("=")
-    if not label or not path or not Path(path).is_file():
-        raise SystemExit(f"--run {spec!r}: expected LABEL=path/to/metrics.jsonl of an existing file")
-    return label, Path(path)
+    """`--run LABEL=path/to/metrics.jsonl`: split at the first '=' whose right side is a file (a label may
+    hold '=', K'=5, and so may a path, runs/lr=1e-4/metrics.jsonl)."""
+    for at in (i for i, char in enumerate(spec) if char == "="):
+        if at > 0 and Path(spec[at + 1 :]).is_file():
+            return spec[:at], Path(spec[at + 1 :])
+    raise SystemExit(f"--run {spec!r}: expected LABEL=path/to/metrics.jsonl of an existing file")
 
 
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:

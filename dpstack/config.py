@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dpstack.bounds import check_bounds, describe_bounds
@@ -68,11 +69,17 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
     # `sampler=ddim` against configs/sampler/) would be taken by hydra for a group choice: set its value
     # after composing instead.
     pulled = _default_groups(config_name)
-    plain = [o for o in overrides if _is_plain_value_override(o, schema, pulled)]
     try:
-        raw = compose_raw(config_name, [o for o in overrides if o not in plain])
-        for override in _PARSER.parse_overrides(plain):
-            OmegaConf.update(raw, override.key_or_group, override.value(), merge=False)
+        parsed = _PARSER.parse_overrides(overrides)
+        plain = [o for o in parsed if _is_plain_value_key(o.key_or_group, schema, pulled)]
+        raw = compose_raw(config_name, [o.input_line for o in parsed if o not in plain])
+        for override in plain:
+            if override.is_sweep_override() or override.type not in (OverrideType.CHANGE, OverrideType.FORCE_ADD):
+                raise ConfigError(
+                    f"bad config for {where}: {override.input_line}: give one value, {override.key_or_group}=<value>"
+                )
+            with open_dict(raw):
+                OmegaConf.update(raw, override.key_or_group, override.value(), merge=False)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _config_error(exc, schema, where) from None
     return to_schema(schema, OmegaConf.select(raw, group) if group else raw, where)
@@ -83,17 +90,13 @@ def _default_groups(config_name: str) -> set[str]:
     path = CONFIG_DIR / f"{config_name}.yaml"
     defaults = OmegaConf.load(path).get("defaults", []) if path.is_file() else []
     entries = [next(iter(d)) for d in defaults if isinstance(d, DictConfig)]
-    return {e.split()[-1] for e in entries}  # "optional dppo" -> "dppo"
+    # "optional dppo" -> "dppo", "/task@env" -> "task"
+    return {e.split()[-1].partition("@")[0].strip("/") for e in entries}
 
 
-def _is_plain_value_override(override: str, schema: type, pulled: set[str]) -> bool:
-    key = override.partition("=")[0]
-    return (
-        key in _valid_keys(schema)
-        and key not in pulled
-        and (CONFIG_DIR / key).is_dir()
-        and "dict[" not in str(next(f.type for f in dataclasses.fields(schema) if f.name == key))
-    )
+def _is_plain_value_key(key: str, schema: type, pulled: set[str]) -> bool:
+    field = next((f for f in dataclasses.fields(schema) if f.name == key), None)
+    return field is not None and key not in pulled and (CONFIG_DIR / key).is_dir() and "dict[" not in str(field.type)
 
 
 def to_schema(schema: type[T], values: Any, where: str) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -82,9 +83,10 @@ def test_a_finetune_ratio_over_a_zero_start_is_left_empty_and_weak_starts_name_t
 
 
 def test_a_probe_run_label_may_hold_an_equals_sign_and_a_bad_spec_names_itself(tmp_path: Path) -> None:
-    metrics = tmp_path / "a.metrics.jsonl"
+    metrics = tmp_path / "lr=1e-4" / "a.metrics.jsonl"
+    metrics.parent.mkdir()
     metrics.write_text("{}\n")
     assert parse_run(f"DDIM-5, K'=5={metrics}") == ("DDIM-5, K'=5", metrics)
     for spec in (str(metrics), f"label={tmp_path / 'missing.jsonl'}", f"label={tmp_path}", "label="):
-        with pytest.raises(SystemExit, match=r"expected LABEL=path/to/metrics\.jsonl"):
+        with pytest.raises(SystemExit, match=rf"--run {re.escape(repr(spec))}: expected LABEL=path/to/metrics\.jsonl"):
             parse_run(spec)

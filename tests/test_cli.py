@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,9 @@ def test_a_plain_key_named_like_a_config_group_is_a_value_not_a_group_choice(tmp
     assert cfg.min_sampling_std == 0.01  # the task's own preset (configs/dppo/pusht.yaml) is still pulled
     with pytest.raises(ConfigError, match="sampler: 'euler' is not a Gaussian chain"):
         load_config("finetune", DPPOConfig, ["checkpoint=ck", "out=run", "sampler=euler"])
+    for bad in ("sampler=ddim,ddpm", "+sampler=ddim", "~sampler"):  # a sweep, a group append, a deletion
+        with pytest.raises(ConfigError, match=f"{re.escape(bad)}: give one value, sampler=<value>"):
+            load_config("finetune", DPPOConfig, ["checkpoint=ck", "out=run", bad])
     result = dpstack(
         "finetune", f"checkpoint={tmp_path / 'none'}", "task=pusht", f"out={tmp_path / 'run'}", "sampler=ddim"
     )
