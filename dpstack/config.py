@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -65,13 +66,12 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
         ("++" if o.split(".")[0] in free and "." in o.split("=")[0] else "") + (f"{group}.{o}" if group else o)
         for o in overrides
     ]
-    # A plain key that shares its name with a config group this config does not pull (finetune's
-    # `sampler=ddim` against configs/sampler/) would be taken by hydra for a group choice: set its value
+    # A scalar key named like a config group (finetune's `sampler=ddim` against configs/sampler/) would be
+    # taken by hydra for a group choice; a group composes a mapping, so a scalar never is one: set its value
     # after composing instead.
-    pulled = _default_groups(config_name)
     try:
         parsed = _PARSER.parse_overrides(overrides)
-        plain = [o for o in parsed if _is_plain_value_key(o.key_or_group, schema, pulled)]
+        plain = [o for o in parsed if _is_scalar_named_like_a_group(o.key_or_group, schema)]
         raw = compose_raw(config_name, [o.input_line for o in parsed if o not in plain])
         for override in plain:
             if override.is_sweep_override() or override.type not in (OverrideType.CHANGE, OverrideType.FORCE_ADD):
@@ -85,18 +85,12 @@ def load_config(config_name: str, schema: type[T], overrides: Sequence[str] = ()
     return to_schema(schema, OmegaConf.select(raw, group) if group else raw, where)
 
 
-def _default_groups(config_name: str) -> set[str]:
-    """The config groups that `configs/<config_name>.yaml`'s defaults list pulls (`task`, `dppo`, ...)."""
-    path = CONFIG_DIR / f"{config_name}.yaml"
-    defaults = OmegaConf.load(path).get("defaults", []) if path.is_file() else []
-    entries = [next(iter(d)) for d in defaults if isinstance(d, DictConfig)]
-    # "optional dppo" -> "dppo", "/task@env" -> "task"
-    return {e.split()[-1].partition("@")[0].strip("/") for e in entries}
-
-
-def _is_plain_value_key(key: str, schema: type, pulled: set[str]) -> bool:
-    field = next((f for f in dataclasses.fields(schema) if f.name == key), None)
-    return field is not None and key not in pulled and (CONFIG_DIR / key).is_dir() and "dict[" not in str(field.type)
+def _is_scalar_named_like_a_group(key: str, schema: type) -> bool:
+    if "." in key or not (CONFIG_DIR / key).is_dir():
+        return False
+    hint = typing.get_type_hints(schema).get(key)
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    return all(k in (str, int, float, bool) for k in kinds)
 
 
 def to_schema(schema: type[T], values: Any, where: str) -> T:
