@@ -148,6 +148,8 @@ def test_refusals_name_the_key(tmp_path: Path) -> None:
     base = DPPOConfig(checkpoint="ck", task=HOPPER, out=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="finetuned_steps=11 exceeds the chain's K = 10"):
         prepare(policy, replace(base, finetuned_steps=11), None)
+    with pytest.raises(ConfigError, match=r"actions_per_tick=5: the checkpoint predicts 4 executable actions"):
+        prepare(_tiny_policy(), replace(base, actions_per_tick=5), None)
     with pytest.raises(ConfigError, match="task=hopper: the checkpoint ck was trained on task 'pusht'"):
         prepare(_tiny_policy(), base, "pusht")
     with pytest.raises(ConfigError, match="sampler: 'streaming' is not a Gaussian chain"):
@@ -339,13 +341,14 @@ def test_the_gaussian_baseline_clones_the_store_and_ppo_starts_from_it(weak_hopp
 
 
 def test_a_unet_policy_fine_tunes_over_spaced_ddpm_steps(trained: Path, tmp_path: Path) -> None:
-    """The U-Net of the image-free maze policy, K = 10 spaced DDPM levels of its 100, the last K' = 3 tuned."""
+    """The U-Net of the image-free maze policy, K = 10 spaced DDPM levels of its 100, the last K' = 3 tuned,
+    executing 3 of its 5 actions per chunk."""
     from tests.conftest import MAZE
 
     run = tmp_path / "ft"
     cfg = DPPOConfig(checkpoint=str(trained), task=MAZE, out=str(run), num_envs=2, ticks=6, num_inference_steps=10,
-                     finetuned_steps=3, total_steps=2 * 2 * 6 * 5, minibatch_size=16, epochs=1, eval_every=0,
-                     eval_episodes=1, checkpoint_every=1, threads=1, progress=False)  # fmt: skip
+                     finetuned_steps=3, actions_per_tick=3, total_steps=2 * 2 * 6 * 3, minibatch_size=16, epochs=1,
+                     eval_every=0, eval_episodes=1, checkpoint_every=1, threads=1, progress=False)  # fmt: skip
     finetune(cfg, load_policy(trained), MAZE.name)
     tuned = load_policy(run)
     # leading spacing over 100 levels: 90, 80, ..., 0; the last three (20, 10, 0) are fine-tuned
@@ -357,6 +360,10 @@ def test_a_unet_policy_fine_tunes_over_spaced_ddpm_steps(trained: Path, tmp_path
     assert any(moved)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == [1, 2] and "eval_return" in history[-1]
+    # 3 actions per chunk: up to 2 envs x 6 ticks x 3 env steps per iteration (fewer where an episode ends
+    # inside a chunk), more than 2 per chunk would give; and the checkpoint executes 3
+    assert 2 * 6 * 2 < history[0]["env_steps"] <= 36 and history[1]["env_steps"] <= 72
+    assert tuned.cfg.n_action_steps == 3
 
 
 def test_push_t_gets_dppo_robomimic_settings_and_the_success_reward() -> None:

@@ -89,6 +89,14 @@ class DPPOConfig:
     )
     eta: float = field(default=1.0, metadata={"help": "DDIM's eta in training (1: DDPM's variance)", **bounds(0)})
     finetuned_steps: int = field(default=10, metadata={"help": "K': the last denoising steps fine-tuned", **bounds(1)})
+    actions_per_tick: int | None = field(
+        default=None,
+        metadata={
+            "help": "actions executed per chunk in rollouts (null: the checkpoint's n_action_steps); the "
+            "fine-tuned checkpoint keeps it as its n_action_steps, so eval, export and ROS execute the same",
+            **bounds(1),
+        },
+    )
     epochs: int = field(default=5, metadata={"help": "passes over each rollout", **bounds(1)})
     minibatch_size: int = field(
         default=2500, metadata={"help": "(env step x denoising step) pairs per minibatch", **bounds(1)}
@@ -223,6 +231,13 @@ def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> Denois
         raise ConfigError(
             f"task={cfg.task.name}: the checkpoint {cfg.checkpoint} was trained on task {checkpoint_task!r}"
         )
+    executed = cfg.actions_per_tick or policy.cfg.n_action_steps
+    most = policy.cfg.horizon - policy.cfg.n_obs_steps + 1
+    if executed > most:
+        raise ConfigError(
+            f"actions_per_tick={executed}: the checkpoint predicts {most} executable actions per chunk (horizon "
+            f"{policy.cfg.horizon}, {policy.cfg.n_obs_steps} observation steps)"
+        )
     scheduler, timesteps = inference_chain(policy, cfg)
     if cfg.finetuned_steps > len(timesteps):
         raise ConfigError(
@@ -232,7 +247,7 @@ def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> Denois
         cfg.min_sampling_std, cfg.min_logprob_std, cfg.noise_clip, cfg.final_action_clip,
         (cfg.logprob_min, cfg.logprob_max),
     )  # fmt: skip
-    chain = DenoisingChain(policy, scheduler, timesteps, cfg.finetuned_steps, policy.cfg.n_action_steps, chain_options)
+    chain = DenoisingChain(policy, scheduler, timesteps, cfg.finetuned_steps, executed, chain_options)
     below = chain.first_finetuned_timestep
     if isinstance(policy.denoiser, FinetunedDenoiser):  # fine-tuning a fine-tuned policy again (or resuming)
         if policy.denoiser.below != below:
@@ -243,8 +258,12 @@ def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> Denois
     else:
         policy.denoiser = FinetunedDenoiser(policy.denoiser, below)
     # the checkpoint's own sampler becomes the chain it was fine-tuned on (DDIM evaluates with eta 0), so
-    # `dpstack eval`, the export and the ROS node run the fine-tuned steps where training put them
-    policy.cfg = replace(policy.cfg, finetuned_below=below, sampler=cfg.sampler, num_inference_steps=len(timesteps))
+    # `dpstack eval`, the export and the ROS node run the fine-tuned steps where training put them and
+    # execute the chunk length it was fine-tuned with
+    policy.cfg = replace(
+        policy.cfg, finetuned_below=below, sampler=cfg.sampler, num_inference_steps=len(timesteps),
+        n_action_steps=executed,
+    )  # fmt: skip
     policy.requires_grad_(False)
     policy.denoiser.finetuned.requires_grad_(True)
     return chain
