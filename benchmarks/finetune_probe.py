@@ -62,6 +62,14 @@ def parse_run(spec: str) -> tuple[str, Path]:
     raise SystemExit(f"--run {spec!r}: expected LABEL=path/to/metrics.jsonl of an existing file")
 
 
+def first_iterations(history: list[dict[str, Any]], count: int, source: str) -> list[dict[str, Any]]:
+    """The rows of iterations 1..count; refuses a run (`source`, for the message) that has not reached `count`."""
+    rows = [h for h in history if h["iteration"] <= count]
+    if len(rows) < count:
+        raise SystemExit(f"--iterations {count}: {source} has {len(rows)} iterations")
+    return rows
+
+
 def plot(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
     import matplotlib
 
@@ -94,12 +102,16 @@ def main() -> None:
     parser.add_argument("--machine", default="", help="where the runs were made (recorded as is)")
     parser.add_argument("--first", type=int, default=2, help="iterations that describe the start (critic warm-up)")
     parser.add_argument("--last", type=int, default=4, help="iterations that describe the end")
+    parser.add_argument(
+        "--iterations", type=int, help="compare each run over its first N iterations only (runs of other lengths)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {}
     for spec in args.run:
         label, path = parse_run(spec)
-        runs[label] = [json.loads(line) for line in path.read_text().splitlines()]
+        history = [json.loads(line) for line in path.read_text().splitlines()]
+        runs[label] = first_iterations(history, args.iterations, str(path)) if args.iterations else history
     rows = [summarize(label, history, args.first, args.last) for label, history in runs.items()]
     columns = [
         ("run", "run"), ("env steps", "env_steps"), ("start score", "start_score"), ("+-", "start_score_se"),
@@ -113,8 +125,9 @@ def main() -> None:
         "machine": args.machine,
         "commands": args.commands.read_text().splitlines() if args.commands else [],
         "sources": args.run,
-        "note": f"start = iterations 1..{args.first}, end = the last {args.last}; +- is the standard error of the "
-        "per-iteration means (the logs keep no per-episode values)",
+        "note": f"start = iterations 1..{args.first}, end = the last {args.last}"
+        + (f" of the first {args.iterations}" if args.iterations else "")
+        + "; +- is the standard error of the per-iteration means (the logs keep no per-episode values)",
     }
     write_results(args.out, args.name, rows, columns, meta)
     plot(runs, args.out / f"{args.name}.png")

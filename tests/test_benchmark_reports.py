@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.few_step import pooled
 from benchmarks.finetune import WEAK, _ratio, _same_runs
-from benchmarks.finetune_probe import parse_run
+from benchmarks.finetune_probe import first_iterations, parse_run
 
 
 def _block(sampler: str, seed: int, score: float, diff: float, se: float, checkpoint: str = "student") -> dict:
@@ -90,3 +90,10 @@ def test_a_probe_run_label_may_hold_an_equals_sign_and_a_bad_spec_names_itself(t
     for spec in (str(metrics), f"label={tmp_path / 'missing.jsonl'}", f"label={tmp_path}", "label="):
         with pytest.raises(SystemExit, match=rf"--run {re.escape(repr(spec))}: expected LABEL=path/to/metrics\.jsonl"):
             parse_run(spec)
+
+
+def test_a_probe_compares_runs_over_their_first_iterations_and_names_a_short_run() -> None:
+    history = [{"iteration": i, "env_steps": 100 * i} for i in (1, 2, 3, 4)]
+    assert [h["iteration"] for h in first_iterations(history, 3, "long.jsonl")] == [1, 2, 3]
+    with pytest.raises(SystemExit, match=r"--iterations 5: short\.jsonl has 4 iterations"):
+        first_iterations(history, 5, "short.jsonl")
