@@ -148,8 +148,13 @@ def test_refusals_name_the_key(tmp_path: Path) -> None:
     base = DPPOConfig(checkpoint="ck", task=HOPPER, out=str(tmp_path / "x"))
     with pytest.raises(ConfigError, match="finetuned_steps=11 exceeds the chain's K = 10"):
         prepare(policy, replace(base, finetuned_steps=11), None)
-    with pytest.raises(ConfigError, match=r"actions_per_tick=5: the checkpoint predicts 4 executable actions"):
+    with pytest.raises(ConfigError, match=r"actions_per_tick=5 does not fit the checkpoint ck: .*n_action_steps <= "
+                       r"horizon - n_obs_steps \+ 1, got horizon=4, n_obs_steps=1, n_action_steps=5"):  # fmt: skip
         prepare(_tiny_policy(), replace(base, actions_per_tick=5), None)
+    streaming = _tiny_policy()  # a streaming window of 4 actions splits into chunks of 1, 2 or 4, not 3
+    streaming.cfg = replace(streaming.cfg, n_action_steps=2, noise_mode="streaming")
+    with pytest.raises(ConfigError, match=r"actions_per_tick=3 does not fit the checkpoint ck: streaming needs"):
+        prepare(streaming, replace(base, actions_per_tick=3), None)
     with pytest.raises(ConfigError, match="task=hopper: the checkpoint ck was trained on task 'pusht'"):
         prepare(_tiny_policy(), base, "pusht")
     with pytest.raises(ConfigError, match="sampler: 'streaming' is not a Gaussian chain"):

@@ -232,12 +232,12 @@ def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> Denois
             f"task={cfg.task.name}: the checkpoint {cfg.checkpoint} was trained on task {checkpoint_task!r}"
         )
     executed = cfg.actions_per_tick or policy.cfg.n_action_steps
-    most = policy.cfg.horizon - policy.cfg.n_obs_steps + 1
-    if executed > most:
+    try:  # the policy config's own checks of a chunk layout (the range, a streaming window's chunks)
+        layout = replace(policy.cfg, n_action_steps=executed)
+    except ValueError as error:
         raise ConfigError(
-            f"actions_per_tick={executed}: the checkpoint predicts {most} executable actions per chunk (horizon "
-            f"{policy.cfg.horizon}, {policy.cfg.n_obs_steps} observation steps)"
-        )
+            f"actions_per_tick={executed} does not fit the checkpoint {cfg.checkpoint}: {error}"
+        ) from None
     scheduler, timesteps = inference_chain(policy, cfg)
     if cfg.finetuned_steps > len(timesteps):
         raise ConfigError(
@@ -260,10 +260,7 @@ def prepare(policy: Any, cfg: DPPOConfig, checkpoint_task: str | None) -> Denois
     # the checkpoint's own sampler becomes the chain it was fine-tuned on (DDIM evaluates with eta 0), so
     # `dpstack eval`, the export and the ROS node run the fine-tuned steps where training put them and
     # execute the chunk length it was fine-tuned with
-    policy.cfg = replace(
-        policy.cfg, finetuned_below=below, sampler=cfg.sampler, num_inference_steps=len(timesteps),
-        n_action_steps=executed,
-    )  # fmt: skip
+    policy.cfg = replace(layout, finetuned_below=below, sampler=cfg.sampler, num_inference_steps=len(timesteps))
     policy.requires_grad_(False)
     policy.denoiser.finetuned.requires_grad_(True)
     return chain
